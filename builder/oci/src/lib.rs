@@ -1,0 +1,2 @@
+//! Image outputs: OCI layout, docker archive, plain tarball, registry push
+//! and export.

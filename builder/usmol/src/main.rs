@@ -1,0 +1,2 @@
+//! `usmol`: the builder's command line.
+fn main() {}

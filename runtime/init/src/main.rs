@@ -1,0 +1,2 @@
+//! PID 1 inside the UML guest.
+fn main() {}

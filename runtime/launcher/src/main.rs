@@ -1,0 +1,2 @@
+//! The image entrypoint: boots the UML guest around a command.
+fn main() {}
