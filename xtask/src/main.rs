@@ -1,2 +1,47 @@
-//! Developer workflows: `cargo xtask build-image`, `bench`, ...
-fn main() {}
+//! Developer workflows, run as `cargo xtask <command>`.
+//!
+//! Each command lives in its own module; shell calls go through
+//! `xshell::cmd!`, which passes arguments without a shell in between.
+
+mod build_image;
+mod runtime;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "usmol developer workflows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build every artifact (kernel, rootfs disk, OCI image, docker archive,
+    /// plain tarball) into one output directory.
+    BuildImage(build_image::Args),
+    /// Build the statically linked runtime binaries (launcher and init).
+    Runtime,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = project_root();
+    match cli.command {
+        Command::BuildImage(args) => build_image::run(&root, args),
+        Command::Runtime => runtime::build(&root).map(|bins| {
+            println!("launcher: {}", bins.launcher.display());
+            println!("init:     {}", bins.init.display());
+        }),
+    }
+}
+
+/// The workspace root, wherever `cargo xtask` was started from.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_owned()
+}
