@@ -4,6 +4,7 @@
 //! `xshell::cmd!`, which passes arguments without a shell in between.
 
 mod build_image;
+mod host_deps;
 mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,12 @@ enum Command {
     BuildImage(build_image::Args),
     /// Build the statically linked runtime binaries (launcher and init).
     Runtime,
+    /// Check the host packages the build and the tests need.
+    HostDeps {
+        /// Install the missing ones with apt-get (needs root).
+        #[arg(long)]
+        install: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     let root = project_root();
     match cli.command {
         Command::BuildImage(args) => build_image::run(&root, args),
+        Command::HostDeps { install } => host_deps::run(install),
         Command::Runtime => runtime::build(&root).map(|bins| {
             println!("launcher: {}", bins.launcher.display());
             println!("init:     {}", bins.init.display());
