@@ -252,7 +252,12 @@ fn read_tar(
             tar::EntryType::Fifo => Kind::Fifo,
             other => return Err(bad(format!("entry `{raw_path}` has unsupported type {other:?}"))),
         };
-        hasher.update(format!("{path}\0{kind:?}\0{mode}\0{uid}\0{gid}\0{mtime}\0{xattrs:?}\n").as_bytes());
+        // The staging path is random; the content was hashed above.
+        let kind_key = match &kind {
+            Kind::File { size, .. } => format!("file {size}"),
+            other => format!("{other:?}"),
+        };
+        hasher.update(format!("{path}\0{kind_key}\0{mode}\0{uid}\0{gid}\0{mtime}\0{xattrs:?}\n").as_bytes());
         if path.is_empty() && !matches!(kind, Kind::Dir) {
             return Err(bad("the root entry is not a directory".into()));
         }
