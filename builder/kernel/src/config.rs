@@ -191,7 +191,11 @@ pub fn merge(base: &str, requests: &[Request]) -> String {
         let sym = line
             .strip_prefix("# CONFIG_")
             .and_then(|r| r.strip_suffix(" is not set"))
-            .or_else(|| line.strip_prefix("CONFIG_").and_then(|l| l.split_once('=')).map(|(k, _)| k));
+            .or_else(|| {
+                line.strip_prefix("CONFIG_")
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k)
+            });
         if sym.is_some_and(|s| requested.contains(s)) {
             continue;
         }
@@ -214,7 +218,10 @@ pub fn verify(resolved: &BTreeMap<String, String>, requests: &[Request]) -> Vec<
     requests
         .iter()
         .filter_map(|r| {
-            let actual = resolved.get(&r.symbol).cloned().unwrap_or_else(|| "n".into());
+            let actual = resolved
+                .get(&r.symbol)
+                .cloned()
+                .unwrap_or_else(|| "n".into());
             (actual != r.value).then(|| Dropped {
                 request: r.clone(),
                 actual,
@@ -254,7 +261,10 @@ fn collect_kconfigs(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
             // Build output and VCS dirs hold no Kconfig worth reading.
-            if !matches!(entry.file_name().to_str(), Some(".git" | "Documentation" | "tools")) {
+            if !matches!(
+                entry.file_name().to_str(),
+                Some(".git" | "Documentation" | "tools")
+            ) {
                 collect_kconfigs(&path, out);
             }
         } else if entry.file_name().to_string_lossy().starts_with("Kconfig") {
@@ -286,10 +296,8 @@ pub fn depends_of(text: &str, symbol: &str) -> Vec<String> {
             inside = false;
             continue;
         }
-        if inside {
-            if let Some(expr) = t.strip_prefix("depends on") {
-                out.push(expr.trim().to_string());
-            }
+        if inside && let Some(expr) = t.strip_prefix("depends on") {
+            out.push(expr.trim().to_string());
         }
     }
     out
@@ -305,9 +313,14 @@ fn annotate(expr: &str, resolved: &BTreeMap<String, String>) -> String {
         }
         out.push_str(word);
         let is_symbol = word.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
-            && word.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if is_symbol {
-            let v = resolved.get(word.as_str()).map(String::as_str).unwrap_or("n");
+            let v = resolved
+                .get(word.as_str())
+                .map(String::as_str)
+                .unwrap_or("n");
             out.push_str(&format!(" [={v}]"));
         }
         word.clear();
@@ -339,15 +352,30 @@ mod tests {
             "# why\nCONFIG_A=y\n\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\nCONFIG_N=8\n",
         )
         .unwrap();
-        let got: Vec<_> = reqs.iter().map(|r| (r.symbol.as_str(), r.value.as_str(), r.line)).collect();
-        assert_eq!(got, [("A", "y", 2), ("B", "n", 4), ("C", "\"x y\"", 5), ("N", "8", 6)]);
+        let got: Vec<_> = reqs
+            .iter()
+            .map(|r| (r.symbol.as_str(), r.value.as_str(), r.line))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("A", "y", 2),
+                ("B", "n", 4),
+                ("C", "\"x y\"", 5),
+                ("N", "8", 6)
+            ]
+        );
     }
 
     #[test]
     fn rejects_garbage_with_line_number() {
-        let err = parse_fragment(&p(), "CONFIG_A=y\nA=y\n").unwrap_err().to_string();
+        let err = parse_fragment(&p(), "CONFIG_A=y\nA=y\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("frag.config:2"), "{err}");
-        let err = parse_fragment(&p(), "CONFIG_a=y\n").unwrap_err().to_string();
+        let err = parse_fragment(&p(), "CONFIG_a=y\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a Kconfig symbol"), "{err}");
         assert!(parse_fragment(&p(), "CONFIG_A=\n").is_err());
         assert!(parse_fragment(&p(), "hello\n").is_err());
@@ -361,7 +389,10 @@ mod tests {
         assert_eq!(read_fragments(dir.path()).unwrap().len(), 2);
         std::fs::write(dir.path().join("30-c.config"), "# CONFIG_A is not set\n").unwrap();
         let err = read_fragments(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("30-c.config:1") && err.contains("10-a.config:1"), "{err}");
+        assert!(
+            err.contains("30-c.config:1") && err.contains("10-a.config:1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -377,15 +408,22 @@ mod tests {
     #[test]
     fn verify_reports_drops_and_absent_n_passes() {
         let resolved = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=2\n");
-        let reqs =
-            parse_fragment(&p(), "CONFIG_A=y\nCONFIG_B=y\nCONFIG_N=8\nCONFIG_GONE=n\nCONFIG_X=y\n").unwrap();
+        let reqs = parse_fragment(
+            &p(),
+            "CONFIG_A=y\nCONFIG_B=y\nCONFIG_N=8\nCONFIG_GONE=n\nCONFIG_X=y\n",
+        )
+        .unwrap();
         let dropped: Vec<_> = verify(&resolved, &reqs)
             .into_iter()
             .map(|d| (d.request.symbol, d.actual))
             .collect();
         assert_eq!(
             dropped,
-            [("B".into(), "n".into()), ("N".into(), "2".into()), ("X".into(), "n".into())]
+            [
+                ("B".into(), "n".into()),
+                ("N".into(), "2".into()),
+                ("X".into(), "n".into())
+            ]
         );
     }
 
@@ -406,13 +444,19 @@ mod tests {
         explain(dir.path(), &resolved, &mut dropped);
         assert_eq!(dropped[0].depends, ["BRIDGE [=y]", "VLAN_8021Q [=n]"]);
         let shown = dropped[0].to_string();
-        assert!(shown.contains("CONFIG_BRIDGE_VLAN_FILTERING=y (from frag.config:1) resolved to n"), "{shown}");
+        assert!(
+            shown.contains("CONFIG_BRIDGE_VLAN_FILTERING=y (from frag.config:1) resolved to n"),
+            "{shown}"
+        );
         assert!(shown.contains("VLAN_8021Q [=n]"), "{shown}");
     }
 
     #[test]
     fn annotates_expressions() {
         let resolved = parse_config("CONFIG_A=y\n");
-        assert_eq!(annotate("A && (B || !C) && m", &resolved), "A [=y] && (B [=n] || !C [=n]) && m");
+        assert_eq!(
+            annotate("A && (B || !C) && m", &resolved),
+            "A [=y] && (B [=n] || !C [=n]) && m"
+        );
     }
 }

@@ -79,7 +79,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(stage: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        stage: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io {
             stage,

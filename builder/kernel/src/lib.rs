@@ -89,9 +89,18 @@ pub fn cache_key(inputs: &KernelInputs) -> Result<String> {
     };
     field(
         "builder",
-        format!("{} {} {}", env!("CARGO_PKG_VERSION"), BUILDER_REVISION, std::env::consts::ARCH).as_bytes(),
+        format!(
+            "{} {} {}",
+            env!("CARGO_PKG_VERSION"),
+            BUILDER_REVISION,
+            std::env::consts::ARCH
+        )
+        .as_bytes(),
     );
-    field("source", inputs.source_sha256.trim().to_ascii_lowercase().as_bytes());
+    field(
+        "source",
+        inputs.source_sha256.trim().to_ascii_lowercase().as_bytes(),
+    );
     for path in config::fragment_files(&inputs.fragments_dir)? {
         let bytes = std::fs::read(&path).map_err(Error::io("config fragments", &path))?;
         field(&format!("fragment {}", file_name(&path)), &bytes);
@@ -101,12 +110,18 @@ pub fn cache_key(inputs: &KernelInputs) -> Result<String> {
         field(&format!("patch {}", file_name(&path)), &bytes);
     }
     field("toolchain", inputs.toolchain.identity().as_bytes());
-    field("epoch", format!("{:?}", inputs.source_date_epoch).as_bytes());
+    field(
+        "epoch",
+        format!("{:?}", inputs.source_date_epoch).as_bytes(),
+    );
     Ok(hex::encode(h.finalize()))
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().unwrap_or_default().to_string_lossy().into_owned()
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Where the entry for `key` lives.
@@ -127,7 +142,11 @@ pub fn build(inputs: &KernelInputs, cache_dir: &Path, progress: bool) -> Result<
 }
 
 /// [`build`] with explicit options.
-pub fn build_with(inputs: &KernelInputs, cache_dir: &Path, options: &BuildOptions) -> Result<KernelArtifact> {
+pub fn build_with(
+    inputs: &KernelInputs,
+    cache_dir: &Path,
+    options: &BuildOptions,
+) -> Result<KernelArtifact> {
     let key = cache_key(inputs)?;
     let entry = entry_dir(cache_dir, &key);
     let artifact = |cached| KernelArtifact {
@@ -175,18 +194,26 @@ pub fn build_with(inputs: &KernelInputs, cache_dir: &Path, options: &BuildOption
 
 /// Removes leftovers of earlier builds of `key` whose process is gone.
 fn remove_stale(tmp_root: &Path, key: &str) {
-    let Ok(entries) = std::fs::read_dir(tmp_root) else { return };
+    let Ok(entries) = std::fs::read_dir(tmp_root) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix(key).and_then(|r| r.strip_prefix('.')) {
-            if !Path::new("/proc").join(pid).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        if let Some(pid) = name.strip_prefix(key).and_then(|r| r.strip_prefix('.'))
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
 
-fn build_in(inputs: &KernelInputs, options: &BuildOptions, work: &Path, tree: &Path, staged: &Path) -> Result<()> {
+fn build_in(
+    inputs: &KernelInputs,
+    options: &BuildOptions,
+    work: &Path,
+    tree: &Path,
+    staged: &Path,
+) -> Result<()> {
     let log = staged.join("build.log");
     let note = |msg: &str| -> Result<()> {
         let mut f = std::fs::File::options()
@@ -226,12 +253,16 @@ fn build_in(inputs: &KernelInputs, options: &BuildOptions, work: &Path, tree: &P
     let requests = config::read_fragments(&inputs.fragments_dir)?;
     runner.run(&["make", "ARCH=um", "defconfig"])?;
     let dot_config = tree.join(".config");
-    let base = std::fs::read_to_string(&dot_config).map_err(Error::io("kernel config", &dot_config))?;
-    std::fs::write(&dot_config, config::merge(&base, &requests)).map_err(Error::io("kernel config", &dot_config))?;
+    let base =
+        std::fs::read_to_string(&dot_config).map_err(Error::io("kernel config", &dot_config))?;
+    std::fs::write(&dot_config, config::merge(&base, &requests))
+        .map_err(Error::io("kernel config", &dot_config))?;
     runner.run(&["make", "ARCH=um", "olddefconfig"])?;
-    let resolved_text = std::fs::read_to_string(&dot_config).map_err(Error::io("kernel config", &dot_config))?;
+    let resolved_text =
+        std::fs::read_to_string(&dot_config).map_err(Error::io("kernel config", &dot_config))?;
     let kept_config = staged.join("linux.config");
-    std::fs::write(&kept_config, &resolved_text).map_err(Error::io("kernel config", &kept_config))?;
+    std::fs::write(&kept_config, &resolved_text)
+        .map_err(Error::io("kernel config", &kept_config))?;
     let resolved = config::parse_config(&resolved_text);
     let mut dropped = config::verify(&resolved, &requests);
     if !dropped.is_empty() {
@@ -309,7 +340,10 @@ pub fn make_env(epoch: i64, tree_seen: &Path) -> Vec<(String, String)> {
         // `#1` in `uname -v`, instead of a per-tree build counter.
         ("KBUILD_BUILD_VERSION".into(), "1".into()),
         // The tree lives under a per-build temp dir; keep it out of the binary.
-        ("KCFLAGS".into(), format!("-ffile-prefix-map={}=.", tree_seen.display())),
+        (
+            "KCFLAGS".into(),
+            format!("-ffile-prefix-map={}=.", tree_seen.display()),
+        ),
     ]
 }
 
@@ -354,7 +388,11 @@ mod tests {
         let k1 = cache_key(&base).unwrap();
         assert_ne!(k0, k1);
         // Renaming a fragment changes the merge order, hence the key.
-        std::fs::rename(base.fragments_dir.join("10-a.config"), base.fragments_dir.join("20-a.config")).unwrap();
+        std::fs::rename(
+            base.fragments_dir.join("10-a.config"),
+            base.fragments_dir.join("20-a.config"),
+        )
+        .unwrap();
         let k2 = cache_key(&base).unwrap();
         assert_ne!(k1, k2);
         std::fs::write(base.patches_dir.join("0002-y.patch"), "").unwrap();
@@ -391,15 +429,26 @@ mod tests {
             matches!(err, Error::SourceDigest { .. } | Error::Toolchain { .. }),
             "{err}"
         );
-        assert!(!dir.path().join("cache/kernel").join(cache_key(&inp).unwrap()).exists());
+        assert!(
+            !dir.path()
+                .join("cache/kernel")
+                .join(cache_key(&inp).unwrap())
+                .exists()
+        );
     }
 
     #[test]
     fn env_is_fixed() {
         let env = make_env(1_700_000_000, Path::new("/c/kernel/tmp/k.1/linux"));
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("KBUILD_BUILD_TIMESTAMP"), Some("Tue Nov 14 22:13:20 UTC 2023"));
+        assert_eq!(
+            get("KBUILD_BUILD_TIMESTAMP"),
+            Some("Tue Nov 14 22:13:20 UTC 2023")
+        );
         assert_eq!(get("KBUILD_BUILD_USER"), Some("usmol"));
-        assert_eq!(get("KCFLAGS"), Some("-ffile-prefix-map=/c/kernel/tmp/k.1/linux=."));
+        assert_eq!(
+            get("KCFLAGS"),
+            Some("-ffile-prefix-map=/c/kernel/tmp/k.1/linux=.")
+        );
     }
 }

@@ -28,7 +28,15 @@ pub fn patch_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn apply(tree: &Path, patches: &[PathBuf]) -> Result<()> {
     for patch in patches {
         let out = Command::new("patch")
-            .args(["-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-", "-i"])
+            .args([
+                "-p1",
+                "--forward",
+                "--batch",
+                "--no-backup-if-mismatch",
+                "-r",
+                "-",
+                "-i",
+            ])
             .arg(patch)
             .current_dir(tree)
             .stdin(Stdio::null())
@@ -77,13 +85,20 @@ mod tests {
         let err = apply(&tree, &files).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("0002-bad.patch"), "{text}");
-        assert_eq!(std::fs::read_to_string(tree.join("f.c")).unwrap(), "one\nTWO\n");
+        assert_eq!(
+            std::fs::read_to_string(tree.join("f.c")).unwrap(),
+            "one\nTWO\n"
+        );
         // No reject or backup files left behind in the tree.
         assert_eq!(std::fs::read_dir(&tree).unwrap().count(), 1);
     }
 
     #[test]
     fn missing_dir_means_no_patches() {
-        assert!(patch_files(Path::new("/nonexistent/usmol/patches")).unwrap().is_empty());
+        assert!(
+            patch_files(Path::new("/nonexistent/usmol/patches"))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -62,13 +62,8 @@ impl Runner<'_> {
                 // unshare(1) gives the mount namespace (and the user
                 // namespace that allows it when not root); the tree is
                 // bound into the sysroot so paths inside are fixed.
-                let mut c = Command::new("unshare");
-                if !is_root() {
-                    c.arg("--user").arg("--map-root-user");
-                }
-                c.arg("--mount")
-                    .arg("--")
-                    .arg("sh")
+                let mut c = enter_sysroot(root);
+                c.arg("sh")
                     .arg("-c")
                     .arg(concat!(
                         "set -e; tree=$1; root=$2; shift 2; ",
@@ -89,7 +84,9 @@ impl Runner<'_> {
         cmd.env("LC_ALL", "C").env("TZ", "UTC");
         // A caller's make flags (e.g. from cargo's jobserver) must not
         // change the kernel build.
-        cmd.env_remove("MAKEFLAGS").env_remove("MFLAGS").env_remove("MAKELEVEL");
+        cmd.env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -113,7 +110,9 @@ impl Runner<'_> {
         writeln!(log, "$ {shown}").map_err(Error::io("kernel build log", &self.log))?;
 
         let (reader, writer) = std::io::pipe().map_err(Error::io("kernel build", self.tree))?;
-        let writer2 = writer.try_clone().map_err(Error::io("kernel build", self.tree))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(Error::io("kernel build", self.tree))?;
         let mut cmd = self.command(&args);
         cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
         if let Some(bar) = &self.spinner {
@@ -149,6 +148,18 @@ impl Runner<'_> {
     }
 }
 
+/// `unshare` with a private mount namespace, plus a user namespace (mapped
+/// to root) when not root, so chroot and bind mounts work unprivileged.
+/// The caller appends the command.
+pub fn enter_sysroot(root: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    if !is_root() {
+        c.arg("--user").arg("--map-root-user");
+    }
+    c.arg("--mount").arg("--").current_dir(root);
+    c
+}
+
 /// `  CC      mm/slub.o` -> `CC mm/slub.o`.
 pub fn make_target(line: &[u8]) -> Option<String> {
     let line = std::str::from_utf8(line).ok()?;
@@ -182,9 +193,18 @@ mod tests {
 
     #[test]
     fn parses_make_progress_lines() {
-        assert_eq!(make_target(b"  CC      mm/slub.o").as_deref(), Some("CC mm/slub.o"));
-        assert_eq!(make_target(b"  LD      vmlinux.o").as_deref(), Some("LD vmlinux.o"));
-        assert_eq!(make_target(b"  HOSTCC  scripts/basic/fixdep").as_deref(), Some("HOSTCC scripts/basic/fixdep"));
+        assert_eq!(
+            make_target(b"  CC      mm/slub.o").as_deref(),
+            Some("CC mm/slub.o")
+        );
+        assert_eq!(
+            make_target(b"  LD      vmlinux.o").as_deref(),
+            Some("LD vmlinux.o")
+        );
+        assert_eq!(
+            make_target(b"  HOSTCC  scripts/basic/fixdep").as_deref(),
+            Some("HOSTCC scripts/basic/fixdep")
+        );
         assert_eq!(make_target(b"make[1]: Entering directory"), None);
         assert_eq!(make_target(b"  in file included from x"), None);
         assert_eq!(make_target(b"warning: foo"), None);
@@ -200,10 +220,17 @@ mod tests {
             log: dir.path().join("build.log"),
             spinner: None,
         };
-        runner.run(&["sh", "-c", "echo \"$USMOL_T\"; echo '  CC      a.o'"]).unwrap();
-        let err = runner.run(&["sh", "-c", "echo out; echo boom >&2; exit 3"]).unwrap_err();
+        runner
+            .run(&["sh", "-c", "echo \"$USMOL_T\"; echo '  CC      a.o'"])
+            .unwrap();
+        let err = runner
+            .run(&["sh", "-c", "echo out; echo boom >&2; exit 3"])
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("exit status: 3") && text.contains("boom"), "{text}");
+        assert!(
+            text.contains("exit status: 3") && text.contains("boom"),
+            "{text}"
+        );
         let log = std::fs::read_to_string(dir.path().join("build.log")).unwrap();
         assert!(log.contains("from-env\n  CC      a.o\n"), "{log}");
         assert!(log.contains("out\nboom\n"), "{log}");

@@ -87,12 +87,19 @@ fn unpack_deb(source: &Path, reader: impl Read, scratch: &Path) -> Result<()> {
             continue;
         }
         if name != "data.tar.xz" {
-            return Err(bad(format!("unsupported .deb payload {name} (expected data.tar.xz)")));
+            return Err(bad(format!(
+                "unsupported .deb payload {name} (expected data.tar.xz)"
+            )));
         }
         let mut data = tar::Archive::new(liblzma::read::XzDecoder::new(member));
-        for entry in data.entries().map_err(Error::io("kernel source .deb", source))? {
+        for entry in data
+            .entries()
+            .map_err(Error::io("kernel source .deb", source))?
+        {
             let entry = entry.map_err(Error::io("kernel source .deb", source))?;
-            let path = entry.path().map_err(Error::io("kernel source .deb", source))?;
+            let path = entry
+                .path()
+                .map_err(Error::io("kernel source .deb", source))?;
             let is_tarball = path.starts_with("usr/src")
                 && path
                     .file_name()
@@ -111,12 +118,13 @@ fn unpack_tar_xz(source: &Path, reader: impl Read, scratch: &Path) -> Result<()>
     let mut archive = tar::Archive::new(liblzma::read::XzDecoder::new(reader));
     archive.set_preserve_mtime(true);
     // `unpack` refuses entries that would escape `scratch`.
-    archive
-        .unpack(scratch)
-        .map_err(|e| Error::Source {
-            path: source.to_path_buf(),
-            reason: format!("unpacking the source tarball into {}: {e}", scratch.display()),
-        })
+    archive.unpack(scratch).map_err(|e| Error::Source {
+        path: source.to_path_buf(),
+        reason: format!(
+            "unpacking the source tarball into {}: {e}",
+            scratch.display()
+        ),
+    })
 }
 
 /// `VERSION.PATCHLEVEL.SUBLEVEL[EXTRAVERSION]` from the top Makefile.
@@ -137,7 +145,10 @@ fn parse_version(makefile: &str) -> Option<String> {
         })
     };
     let (v, p, s) = (get("VERSION")?, get("PATCHLEVEL")?, get("SUBLEVEL")?);
-    Some(format!("{v}.{p}.{s}{}", get("EXTRAVERSION").unwrap_or_default()))
+    Some(format!(
+        "{v}.{p}.{s}{}",
+        get("EXTRAVERSION").unwrap_or_default()
+    ))
 }
 
 #[cfg(test)]
@@ -159,7 +170,10 @@ mod tests {
         let tar_bytes = {
             let mut b = tar::Builder::new(Vec::new());
             for (path, body) in [
-                ("linux-source-9.9/Makefile", "VERSION = 9\nPATCHLEVEL = 9\nSUBLEVEL = 1\n"),
+                (
+                    "linux-source-9.9/Makefile",
+                    "VERSION = 9\nPATCHLEVEL = 9\nSUBLEVEL = 1\n",
+                ),
                 ("linux-source-9.9/arch/um/Kconfig", "config UML\n"),
             ] {
                 let mut h = tar::Header::new_gnu();
@@ -189,7 +203,8 @@ mod tests {
             h.set_size(xz.len() as u64);
             h.set_mode(0o644);
             h.set_cksum();
-            b.append_data(&mut h, "./usr/src/linux-source-9.9.tar.xz", &xz[..]).unwrap();
+            b.append_data(&mut h, "./usr/src/linux-source-9.9.tar.xz", &xz[..])
+                .unwrap();
             let mut out = Vec::new();
             liblzma::read::XzEncoder::new(&b.into_inner().unwrap()[..], 1)
                 .read_to_end(&mut out)
@@ -199,10 +214,18 @@ mod tests {
         let deb = dir.path().join("linux-source-9.9_all.deb");
         {
             let mut a = ar::Builder::new(File::create(&deb).unwrap());
-            a.append(&ar::Header::new(b"debian-binary".to_vec(), 4), &b"2.0\n"[..]).unwrap();
-            a.append(&ar::Header::new(b"control.tar.xz".to_vec(), 0), &b""[..]).unwrap();
-            a.append(&ar::Header::new(b"data.tar.xz".to_vec(), data.len() as u64), &data[..])
+            a.append(
+                &ar::Header::new(b"debian-binary".to_vec(), 4),
+                &b"2.0\n"[..],
+            )
+            .unwrap();
+            a.append(&ar::Header::new(b"control.tar.xz".to_vec(), 0), &b""[..])
                 .unwrap();
+            a.append(
+                &ar::Header::new(b"data.tar.xz".to_vec(), data.len() as u64),
+                &data[..],
+            )
+            .unwrap();
         }
         let tree = unpack(&deb, &dir.path().join("s2"), &dir.path().join("t2")).unwrap();
         assert_eq!(kernel_version(&tree).unwrap(), "9.9.1");

@@ -38,11 +38,17 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("bison", "bison"),
     ("bc", "bc"),
     ("perl", "perl"),
-    ("patch", "patch"),
     ("ld", "binutils"),
     ("strip", "binutils"),
     ("awk", "mawk"),
+    ("sh", "dash"),
 ];
+
+/// Host commands needed whatever the toolchain: patches apply on the host.
+const HOST_TOOLS: &[(&str, &str)] = &[("patch", "patch")];
+
+/// Host commands that enter a sysroot.
+const SYSROOT_HOST_TOOLS: &[(&str, &str)] = &[("unshare", "util-linux"), ("sh", "dash")];
 
 /// Directories searched for tools inside a sysroot.
 const SYSROOT_BIN: &[&str] = &["usr/local/bin", "usr/bin", "bin"];
@@ -50,13 +56,13 @@ const SYSROOT_BIN: &[&str] = &["usr/local/bin", "usr/bin", "bin"];
 impl Toolchain {
     /// Fails naming every missing tool and the packages to install.
     pub fn preflight(&self) -> Result<()> {
-        if let Toolchain::Sysroot(root) = self {
-            if !root.join("usr/bin").is_dir() {
-                return Err(Error::Sysroot {
-                    path: root.clone(),
-                    reason: "no usr/bin inside; build it from the toolchain recipe first".into(),
-                });
-            }
+        if let Toolchain::Sysroot(root) = self
+            && !root.join("usr/bin").is_dir()
+        {
+            return Err(Error::Sysroot {
+                path: root.clone(),
+                reason: "no usr/bin inside; build it from the toolchain recipe first".into(),
+            });
         }
         let mut missing: Vec<Missing> = TOOLS
             .iter()
@@ -66,6 +72,19 @@ impl Toolchain {
                 package: pkg,
             })
             .collect();
+        let host_tools = match self {
+            Toolchain::Host => HOST_TOOLS.to_vec(),
+            Toolchain::Sysroot(_) => [HOST_TOOLS, SYSROOT_HOST_TOOLS].concat(),
+        };
+        for (cmd, pkg) in host_tools {
+            if Toolchain::Host.find(cmd).is_none() && !missing.iter().any(|m| m.what == cmd) {
+                let what = match self {
+                    Toolchain::Host => cmd.to_string(),
+                    Toolchain::Sysroot(_) => format!("{cmd} (on the host)"),
+                };
+                missing.push(Missing { what, package: pkg });
+            }
+        }
         // CONFIG_STATIC_LINK links the kernel against the static C library.
         if !self.has_static_libc() {
             missing.push(Missing {
@@ -107,9 +126,13 @@ impl Toolchain {
                 .and_then(|o| String::from_utf8(o.stdout).ok())
                 // gcc echoes the bare name when it finds no such file.
                 .is_some_and(|p| Path::new(p.trim()).is_absolute()),
-            Toolchain::Sysroot(root) => ["usr/lib/x86_64-linux-gnu/libc.a", "usr/lib/libc.a", "usr/lib64/libc.a"]
-                .iter()
-                .any(|p| root.join(p).is_file()),
+            Toolchain::Sysroot(root) => [
+                "usr/lib/x86_64-linux-gnu/libc.a",
+                "usr/lib/libc.a",
+                "usr/lib64/libc.a",
+            ]
+            .iter()
+            .any(|p| root.join(p).is_file()),
         }
     }
 
@@ -123,13 +146,17 @@ impl Toolchain {
             let version = match self {
                 Toolchain::Host => first_line(Command::new(tool).arg("--version")),
                 Toolchain::Sysroot(root) => first_line(
-                    Command::new("chroot")
+                    crate::run::enter_sysroot(root)
+                        .arg("chroot")
                         .arg(root)
                         .arg(tool)
                         .arg("--version"),
                 ),
             };
-            id.push_str(&format!("\n{tool}: {}", version.unwrap_or_else(|| "absent".into())));
+            id.push_str(&format!(
+                "\n{tool}: {}",
+                version.unwrap_or_else(|| "absent".into())
+            ));
         }
         id
     }
@@ -161,17 +188,34 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         let make = dir.path().join("usr/bin/make");
         std::fs::write(&make, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&make, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let err = Toolchain::Sysroot(dir.path().to_path_buf()).preflight().unwrap_err();
+        std::fs::set_permissions(&make, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = Toolchain::Sysroot(dir.path().to_path_buf())
+            .preflight()
+            .unwrap_err();
         let Error::Toolchain { missing, packages } = &err else {
             panic!("{err}")
         };
         assert!(missing.iter().all(|m| m.what != "make"));
-        assert!(missing.iter().any(|m| m.what == "flex" && m.package == "flex"));
+        assert!(
+            missing
+                .iter()
+                .any(|m| m.what == "flex" && m.package == "flex")
+        );
         assert!(missing.iter().any(|m| m.package == "libc6-dev"));
         assert_eq!(
             packages,
-            &["bc", "binutils", "bison", "flex", "gcc", "libc6-dev", "mawk", "patch", "perl"]
+            &[
+                "bc",
+                "binutils",
+                "bison",
+                "dash",
+                "flex",
+                "gcc",
+                "libc6-dev",
+                "mawk",
+                "perl"
+            ]
         );
         let text = err.to_string();
         assert!(text.contains("apt-get install bc binutils bison"), "{text}");
@@ -180,7 +224,9 @@ mod tests {
     #[test]
     fn sysroot_without_usr_bin_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Toolchain::Sysroot(dir.path().to_path_buf()).preflight().unwrap_err();
+        let err = Toolchain::Sysroot(dir.path().to_path_buf())
+            .preflight()
+            .unwrap_err();
         assert!(err.to_string().contains("no usr/bin"), "{err}");
     }
 }
