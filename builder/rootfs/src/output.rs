@@ -349,7 +349,8 @@ mod tests {
         let r = pax_record("a", b"b");
         assert_eq!(r, b"6 a=b\n");
         let long = pax_record("SCHILY.xattr.security.capability", &[0u8; 60]);
-        let len: usize = std::str::from_utf8(&long[..3]).unwrap().parse().unwrap();
+        let digits = long.iter().position(|b| *b == b' ').unwrap();
+        let len: usize = std::str::from_utf8(&long[..digits]).unwrap().parse().unwrap();
         assert_eq!(len, long.len());
     }
 }
