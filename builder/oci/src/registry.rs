@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use futures_util::TryStreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -173,6 +173,23 @@ fn registry_err(reference: &Reference, what: &str, e: OciDistributionError) -> E
         }
         OciDistributionError::ServerError { code: 404, url, .. } => {
             format!("{what}: 404 not found at {url}; check the name and tag")
+        }
+        OciDistributionError::RegistryError { envelope, url }
+            if envelope.errors.iter().any(|e| {
+                matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown)
+            }) =>
+        {
+            format!("{what}: not found at {url} ({envelope}); check the name and tag")
+        }
+        OciDistributionError::RegistryError { envelope, url }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) =>
+        {
+            format!(
+                "{what}: {url}: {envelope}; set USMOL_REGISTRY_USER/USMOL_REGISTRY_PASSWORD or `docker login {registry}`"
+            )
         }
         OciDistributionError::RegistryError { envelope, url } => format!("{what}: {url}: {envelope}"),
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => format!(
