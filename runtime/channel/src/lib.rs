@@ -16,7 +16,7 @@
 //!    `mount -t hostfs none <guest path> -o v/<n>/`.
 //! 2. **Console lines** (UML `conN=` channels bound to host fds):
 //!    [`STDIO_TTY`] carries stdin/stdout, [`STDERR_TTY`] carries stderr,
-//!    [`CONTROL_TTY`] carries [`Control`] lines from the launcher. The kernel
+//!    [`CONTROL_TTY`] carries [`Control`] lines both ways. The kernel
 //!    console (`con0`) goes to the launcher's log pipe, never to stdout.
 //! 3. **`/proc/exitcode`**: init writes the final code there as well, so the
 //!    UML process exit status is right even when the share is unusable.
@@ -40,7 +40,7 @@ pub const GUEST_SHARE_MOUNT: &str = "/run/usmol/share";
 pub const STDIO_TTY: &str = "/dev/tty1";
 /// Guest tty whose host side is the user's stderr (output only).
 pub const STDERR_TTY: &str = "/dev/tty2";
-/// Guest tty whose host side is the launcher's control pipe (input only).
+/// Guest tty whose host side is the launcher's control pipes ([`Control`] lines both ways).
 pub const CONTROL_TTY: &str = "/dev/tty3";
 /// The docker data disk (`ubd1`).
 pub const DOCKER_DISK: &str = "/dev/ubdb";
@@ -143,9 +143,13 @@ pub struct Status {
     pub timings: Timings,
 }
 
-/// A line on the control tty, launcher -> init.
+/// A line on the control tty (`launcher -> init` unless noted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// init -> launcher: the stdio tty is in raw mode and the command is
+    /// about to start; the launcher may now copy its stdin (copying earlier
+    /// would let the tty echo or mangle it).
+    StdinReady,
     /// Forward host signal N to the command (then shut down as usual).
     Signal(i32),
     /// Host stdin ended after N bytes in total: close the command's stdin
@@ -155,7 +159,7 @@ pub enum Control {
 
 /// A control line that could not be understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("control line {line:?} is not `signal <n>` or `eof <bytes>`")]
+#[error("control line {line:?} is not `signal <n>`, `eof <bytes>` or `stdin-ready`")]
 pub struct ControlParseError {
     pub line: String,
 }
@@ -163,6 +167,7 @@ pub struct ControlParseError {
 impl fmt::Display for Control {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Control::StdinReady => write!(f, "stdin-ready"),
             Control::Signal(n) => write!(f, "signal {n}"),
             Control::StdinEof(n) => write!(f, "eof {n}"),
         }
@@ -178,7 +183,11 @@ impl Control {
     /// Parses one line (without or with its trailing newline / CR).
     pub fn parse(line: &str) -> Result<Self, ControlParseError> {
         let err = || ControlParseError { line: line.to_string() };
-        let mut words = line.trim_end_matches(['\n', '\r']).split(' ');
+        let line_text = line.trim_end_matches(['\n', '\r']);
+        if line_text == "stdin-ready" {
+            return Ok(Control::StdinReady);
+        }
+        let mut words = line_text.split(' ');
         let (kind, arg) = (words.next().ok_or_else(err)?, words.next().ok_or_else(err)?);
         if words.next().is_some() {
             return Err(err());
@@ -203,9 +212,6 @@ pub mod exit {
     pub const DOCKERD_FAILED: i32 = 121;
     /// The guest kernel panicked or the guest stopped without a status.
     pub const KERNEL_PANIC: i32 = 122;
-    /// The guest did not shut down in time after a signal and was killed
-    /// (only used when the command's status is unknown).
-    pub const SHUTDOWN_TIMEOUT: i32 = 123;
     /// Launcher or configuration error: missing assets, bad `USMOL_*` value,
     /// disk in use by another instance, unusable temp dir.
     pub const LAUNCHER: i32 = 125;
@@ -312,7 +318,7 @@ mod tests {
 
     #[test]
     fn control_lines_round_trip() {
-        for c in [Control::Signal(15), Control::StdinEof(0), Control::StdinEof(u64::MAX)] {
+        for c in [Control::StdinReady, Control::Signal(15), Control::StdinEof(0), Control::StdinEof(u64::MAX)] {
             assert_eq!(Control::parse(&c.encode()).unwrap(), c);
         }
         assert_eq!(Control::parse("signal 2\r\n").unwrap(), Control::Signal(2));
