@@ -129,6 +129,10 @@ pub struct Package {
     pub source: String,
     pub source_version: String,
     pub essential: bool,
+    /// Rank of the `Priority` field: 0 required, 1 important, 2 standard,
+    /// 3 optional, 4 extra or missing. Used to choose among providers the
+    /// way an installer would (`mawk` over `gawk` for `awk`).
+    pub priority: u8,
     pub pre_depends: Vec<Alternatives>,
     pub depends: Vec<Alternatives>,
     /// Virtual names provided, optionally with `(= version)`.
@@ -183,6 +187,13 @@ pub fn parse_packages(url: &str, suite: &str, text: &str) -> Result<Vec<Package>
             source: source.to_owned(),
             source_version: source_version.to_owned(),
             essential: stanza.get("Essential").is_some_and(|v| v == "yes"),
+            priority: match stanza.get("Priority") {
+                Some("required") => 0,
+                Some("important") => 1,
+                Some("standard") => 2,
+                Some("optional") => 3,
+                _ => 4,
+            },
             pre_depends: relations("Pre-Depends")?,
             depends: relations("Depends")?,
             provides,

@@ -6,7 +6,7 @@
 //! dependencies), and for each unsatisfied requirement picks one package:
 //! a `packages.prefer` entry if one qualifies, otherwise the first
 //! alternative that can be satisfied, real packages before providers of a
-//! virtual name. A real name is taken from its pinned suite if pinned,
+//! virtual name (providers ordered by suite, then `Priority`, then name). A real name is taken from its pinned suite if pinned,
 //! otherwise from the first suite (in recipe order) that has a satisfying
 //! version, highest version within that suite. It does not backtrack: a
 //! requirement that the chosen set cannot meet is an error naming the chain
@@ -121,6 +121,7 @@ impl Universe {
             let (pa, pb) = (&self.packages[a], &self.packages[b]);
             self.suite_rank(&pa.suite)
                 .cmp(&self.suite_rank(&pb.suite))
+                .then_with(|| pa.priority.cmp(&pb.priority))
                 .then_with(|| pa.name.cmp(&pb.name))
                 .then_with(|| pb.version.cmp(&pa.version))
                 .then_with(|| a.cmp(&b))
@@ -319,6 +320,8 @@ mod tests {
             stanza("libc", "1", "Architecture: all\n"),
             stanza("exim", "1", "Provides: mail-transport-agent\n"),
             stanza("postfix", "1", "Provides: mail-transport-agent\n"),
+            stanza("gawk", "1", "Provides: awk\nPriority: optional\n"),
+            stanza("mawk", "1", "Provides: awk\nPriority: required\n"),
             stanza("libv-impl", "1", "Provides: libv (= 3.1)\n"),
             stanza("libv-old", "1", "Provides: libv (= 2)\n"),
             stanza("libv-unversioned", "1", "Provides: libv\n"),
@@ -334,6 +337,8 @@ mod tests {
         assert!(preferred.contains(&"postfix=1@trixie".to_owned()) && !preferred.iter().any(|p| p.starts_with("exim")));
         let err = resolve(&u, &recipe("include = [\"other\"]", "")).unwrap_err().to_string();
         assert!(err.contains("other is not in suites"), "{err}");
+        // Among providers, the higher Priority wins over the name order.
+        assert_eq!(names(&u, &recipe("include = [\"awk\"]", "")), ["mawk=1@trixie"]);
     }
 
     #[test]
