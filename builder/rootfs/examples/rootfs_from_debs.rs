@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 fn sha256(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).expect("read deb");
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn main() {
@@ -19,7 +22,9 @@ fn main() {
         eprintln!("usage: rootfs_from_debs <recipe.toml> <debs-dir> <out-dir> [epoch]");
         std::process::exit(2);
     };
-    let epoch: u64 = rest.first().map_or(1_700_000_000, |e| e.parse().expect("epoch"));
+    let epoch: u64 = rest
+        .first()
+        .map_or(1_700_000_000, |e| e.parse().expect("epoch"));
     let recipe = usmol_recipe::Recipe::load(Path::new(recipe)).expect("recipe");
     let mut inputs = Vec::new();
     for entry in std::fs::read_dir(debs).expect("debs dir") {
@@ -27,9 +32,15 @@ fn main() {
         if path.extension().is_none_or(|e| e != "deb") {
             continue;
         }
-        let stem = path.file_stem().unwrap().to_string_lossy().replace("%3a", ":");
+        let stem = path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .replace("%3a", ":");
         let parts: Vec<&str> = stem.split('_').collect();
-        let [name, version, architecture] = parts[..] else { panic!("odd name {stem}") };
+        let [name, version, architecture] = parts[..] else {
+            panic!("odd name {stem}")
+        };
         inputs.push(usmol_rootfs::DebInput {
             name: name.into(),
             version: version.into(),
@@ -47,11 +58,18 @@ fn main() {
         manifest: out.join("manifest.json"),
     };
     let start = std::time::Instant::now();
-    let summary = usmol_rootfs::build_rootfs(&inputs, &recipe.rootfs, epoch, &outputs).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    });
-    println!("{} packages, {} entries, {} content bytes, {:.1?}", summary.packages, summary.entries, summary.content_bytes, start.elapsed());
+    let summary = usmol_rootfs::build_rootfs(&inputs, &recipe.rootfs, epoch, &outputs)
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        });
+    println!(
+        "{} packages, {} entries, {} content bytes, {:.1?}",
+        summary.packages,
+        summary.entries,
+        summary.content_bytes,
+        start.elapsed()
+    );
     println!("tarball sha256 {}", summary.tarball_sha256);
     for (link, target) in &summary.alternatives {
         println!("alt {link} -> {target}");

@@ -39,22 +39,39 @@ impl Assembler<'_> {
             .ok_or_else(|| assembly(format!("cannot write {absolute}: it is the root")))?;
         let mut components = self
             .tree
-            .resolve(&[], &parent.join("/"), true, Missing::Create { mtime: self.epoch }, Above::Clamp)
+            .resolve(
+                &[],
+                &parent.join("/"),
+                true,
+                Missing::Create { mtime: self.epoch },
+                Above::Clamp,
+            )
             .map_err(|e| assembly(format!("cannot place {absolute}: {e}")))?;
         if !components.is_empty() && self.tree.get(&components).is_none() {
-            self.tree
-                .put(Key::from_components(&components), Node::Dir(Meta::new(0o755, self.epoch)), Owner::Assembly);
+            self.tree.put(
+                Key::from_components(&components),
+                Node::Dir(Meta::new(0o755, self.epoch)),
+                Owner::Assembly,
+            );
         }
         components.push((*name).to_owned());
         let key = Key::from_components(&components);
         if let Some(Node::Dir(_)) = self.tree.nodes.get(&key).map(|e| &e.node) {
-            return Err(assembly(format!("cannot write {absolute}: a package ships a directory there")));
+            return Err(assembly(format!(
+                "cannot write {absolute}: a package ships a directory there"
+            )));
         }
         Ok(key)
     }
 
     /// Writes a regular file, replacing whatever non-directory was there.
-    pub fn write_file(&mut self, absolute: &str, content: &[u8], mode: u32, gid: u32) -> Result<()> {
+    pub fn write_file(
+        &mut self,
+        absolute: &str,
+        content: &[u8],
+        mode: u32,
+        gid: u32,
+    ) -> Result<()> {
         let key = self.key(absolute)?;
         let (blob, size) = self.blobs.put_bytes(content).map_err(|source| Error::Io {
             path: self.blobs.dir().to_owned(),
@@ -83,7 +100,8 @@ impl Assembler<'_> {
             return Ok(());
         }
         let key = self.key(absolute)?;
-        self.tree.put(key, Node::Dir(Meta::new(mode, self.epoch)), Owner::Assembly);
+        self.tree
+            .put(key, Node::Dir(Meta::new(mode, self.epoch)), Owner::Assembly);
         Ok(())
     }
 
@@ -91,11 +109,14 @@ impl Assembler<'_> {
         let Some(id) = self.tree.file_at(absolute) else {
             return Ok(None);
         };
-        let bytes = self.blobs.read(self.tree.inodes[id].blob).map_err(|source| Error::Io {
-            path: self.blobs.dir().to_owned(),
-            stage: "read staged file",
-            source,
-        })?;
+        let bytes = self
+            .blobs
+            .read(self.tree.inodes[id].blob)
+            .map_err(|source| Error::Io {
+                path: self.blobs.dir().to_owned(),
+                stage: "read staged file",
+                source,
+            })?;
         String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| assembly(format!("{absolute} is not UTF-8 text")))
@@ -111,9 +132,17 @@ pub fn usrmerge(tree: &mut Tree, epoch: u64, lib64: bool) {
     if lib64 {
         links.push("lib64");
     }
-    tree.put(Key("usr".into()), Node::Dir(Meta::new(0o755, epoch)), Owner::Assembly);
+    tree.put(
+        Key("usr".into()),
+        Node::Dir(Meta::new(0o755, epoch)),
+        Owner::Assembly,
+    );
     for link in links {
-        tree.put(Key(format!("usr/{link}")), Node::Dir(Meta::new(0o755, epoch)), Owner::Assembly);
+        tree.put(
+            Key(format!("usr/{link}")),
+            Node::Dir(Meta::new(0o755, epoch)),
+            Owner::Assembly,
+        );
         let node = Node::Symlink {
             target: format!("usr/{link}"),
             meta: Meta::new(0o777, epoch),
@@ -131,7 +160,10 @@ struct Account {
 
 fn parse_accounts(text: &str, file: &str, fields: usize) -> Result<Vec<Account>> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let parts: Vec<&str> = line.split(':').collect();
         let id = parts.get(2).and_then(|id| id.parse().ok());
         match id {
@@ -148,12 +180,20 @@ fn parse_accounts(text: &str, file: &str, fields: usize) -> Result<Vec<Account>>
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         && name.len() <= 32
 }
 
-fn add_account(list: &mut Vec<Account>, name: &str, id: u32, line: String, what: &str) -> Result<()> {
+fn add_account(
+    list: &mut Vec<Account>,
+    name: &str,
+    id: u32,
+    line: String,
+    what: &str,
+) -> Result<()> {
     if !valid_name(name) {
         return Err(assembly(format!(
             "rootfs.{what}s: {name:?} is not a valid name (lowercase letters, digits, '_' and '-', starting with a letter or '_')"
@@ -181,13 +221,18 @@ pub fn accounts(a: &mut Assembler<'_>, cfg: &Rootfs) -> Result<()> {
     let passwd_text = a
         .read(PASSWD_MASTER)?
         .unwrap_or_else(|| "root:x:0:0:root:/root:/bin/sh\n".to_owned());
-    let group_text = a.read(GROUP_MASTER)?.unwrap_or_else(|| "root:x:0:\n".to_owned());
+    let group_text = a
+        .read(GROUP_MASTER)?
+        .unwrap_or_else(|| "root:x:0:\n".to_owned());
     let mut users = parse_accounts(&passwd_text, PASSWD_MASTER, 7)?;
     let mut groups = parse_accounts(&group_text, GROUP_MASTER, 4)?;
     for g in &cfg.groups {
         for member in &g.members {
             if !valid_name(member) {
-                return Err(assembly(format!("rootfs.groups.{}: member {member:?} is not a valid name", g.name)));
+                return Err(assembly(format!(
+                    "rootfs.groups.{}: member {member:?} is not a valid name",
+                    g.name
+                )));
             }
         }
         let line = format!("{}:x:{}:{}", g.name, g.gid, g.members.join(","));
@@ -202,7 +247,10 @@ pub fn accounts(a: &mut Assembler<'_>, cfg: &Rootfs) -> Result<()> {
         }
         for field in [&u.home, &u.shell] {
             if field.contains([':', '\n']) {
-                return Err(assembly(format!("rootfs.users.{}: {field:?} may not contain ':' or newlines", u.name)));
+                return Err(assembly(format!(
+                    "rootfs.users.{}: {field:?} may not contain ':' or newlines",
+                    u.name
+                )));
             }
         }
         let line = format!("{}:x:{}:{}::{}:{}", u.name, u.uid, u.gid, u.home, u.shell);
@@ -211,11 +259,19 @@ pub fn accounts(a: &mut Assembler<'_>, cfg: &Rootfs) -> Result<()> {
     // Days since 1970 for the "last changed" field, from the build epoch
     // rather than the clock so that the file is reproducible.
     let days = a.epoch / 86_400;
-    let shadow_gid = groups.iter().find(|g| g.name == "shadow").map_or(0, |g| g.id);
+    let shadow_gid = groups
+        .iter()
+        .find(|g| g.name == "shadow")
+        .map_or(0, |g| g.id);
     let join = |lines: Vec<String>| lines.into_iter().map(|l| l + "\n").collect::<String>();
     let passwd = join(users.iter().map(|u| u.line.clone()).collect());
     let group = join(groups.iter().map(|g| g.line.clone()).collect());
-    let shadow = join(users.iter().map(|u| format!("{}:*:{days}:0:99999:7:::", u.name)).collect());
+    let shadow = join(
+        users
+            .iter()
+            .map(|u| format!("{}:*:{days}:0:99999:7:::", u.name))
+            .collect(),
+    );
     let gshadow = join(
         groups
             .iter()
@@ -258,7 +314,11 @@ pub fn parse_alternatives(script: &str) -> (Vec<Registration>, Vec<String>) {
         };
         let args: Vec<&str> = tokens[start + 1..]
             .iter()
-            .take_while(|t| !matches!(**t, "||" | "&&" | ";" | "|") && !t.starts_with('>') && !t.starts_with("2>"))
+            .take_while(|t| {
+                !matches!(**t, "||" | "&&" | ";" | "|")
+                    && !t.starts_with('>')
+                    && !t.starts_with("2>")
+            })
             .map(|t| t.trim_matches(|c| c == '"' || c == '\''))
             .collect();
         let Some(install) = args.iter().position(|t| *t == "--install") else {
@@ -269,7 +329,8 @@ pub fn parse_alternatives(script: &str) -> (Vec<Registration>, Vec<String>) {
             continue;
         }
         let rest = &args[install + 1..];
-        let (Some(link), Some(name), Some(path), Some(priority)) = (rest.first(), rest.get(1), rest.get(2), rest.get(3))
+        let (Some(link), Some(name), Some(path), Some(priority)) =
+            (rest.first(), rest.get(1), rest.get(2), rest.get(3))
         else {
             unreadable.push(line.to_owned());
             continue;
@@ -288,9 +349,11 @@ pub fn parse_alternatives(script: &str) -> (Vec<Registration>, Vec<String>) {
         let mut i = 4;
         while i < rest.len() {
             if rest[i] == "--slave" && rest.len() >= i + 4 {
-                registration
-                    .slaves
-                    .push((rest[i + 1].to_owned(), rest[i + 2].to_owned(), rest[i + 3].to_owned()));
+                registration.slaves.push((
+                    rest[i + 1].to_owned(),
+                    rest[i + 2].to_owned(),
+                    rest[i + 3].to_owned(),
+                ));
                 i += 4;
             } else {
                 i += 1;
@@ -325,8 +388,13 @@ pub fn alternatives(
     }
     let mut selected: BTreeMap<String, Registration> = BTreeMap::new();
     for (name, choices) in &groups {
-        let mut existing: Vec<&Registration> = choices.iter().filter(|c| a.tree.exists(&c.path)).collect();
-        existing.sort_by(|x, y| y.priority.cmp(&x.priority).then_with(|| x.path.cmp(&y.path)));
+        let mut existing: Vec<&Registration> =
+            choices.iter().filter(|c| a.tree.exists(&c.path)).collect();
+        existing.sort_by(|x, y| {
+            y.priority
+                .cmp(&x.priority)
+                .then_with(|| x.path.cmp(&y.path))
+        });
         match existing.first() {
             Some(best) => {
                 selected.insert(name.clone(), (*best).clone());
@@ -348,7 +416,9 @@ pub fn alternatives(
             ));
         }
         for name in ["iptables", "ip6tables", "arptables", "ebtables"] {
-            let Some(choices) = groups.get(name) else { continue };
+            let Some(choices) = groups.get(name) else {
+                continue;
+            };
             let want = format!("/usr/sbin/{name}{suffix}");
             match choices.iter().find(|c| c.path == want) {
                 Some(choice) => {
@@ -405,10 +475,19 @@ pub fn alternatives(
             .iter()
             .find(|l| &l.link == link)
             .map(|l| l.name.clone())
-            .or_else(|| groups.values().flatten().find(|r| &r.link == link).map(|r| r.name.clone()))
+            .or_else(|| {
+                groups
+                    .values()
+                    .flatten()
+                    .find(|r| &r.link == link)
+                    .map(|r| r.name.clone())
+            })
             .unwrap_or_else(|| link.rsplit('/').next().unwrap_or(link).to_owned());
         // A new master choice replaces the whole group, slaves included.
-        if let Some(choice) = groups.get(&name).and_then(|cs| cs.iter().find(|c| &c.path == target)) {
+        if let Some(choice) = groups
+            .get(&name)
+            .and_then(|cs| cs.iter().find(|c| &c.path == target))
+        {
             links.retain(|l| l.link != *link && !choice_owns(&selected, &name, &l.link));
             links.push(Link {
                 link: link.clone(),
@@ -461,7 +540,10 @@ pub fn alternatives(
         .map(|(link, target)| format!("{link} -> {target}"))
         .collect();
     if !dangling.is_empty() {
-        return Err(assembly(format!("dangling alternatives links: {}", dangling.join(", "))));
+        return Err(assembly(format!(
+            "dangling alternatives links: {}",
+            dangling.join(", ")
+        )));
     }
     Ok(made)
 }
@@ -484,7 +566,9 @@ pub fn ca_certificates(a: &mut Assembler<'_>) -> Result<()> {
         .tree
         .nodes
         .iter()
-        .filter(|(k, e)| k.0.starts_with(prefix) && k.0.ends_with(".crt") && matches!(e.node, Node::File(_)))
+        .filter(|(k, e)| {
+            k.0.starts_with(prefix) && k.0.ends_with(".crt") && matches!(e.node, Node::File(_))
+        })
         .map(|(k, _)| k.0[prefix.len()..].to_owned())
         .collect();
     if available.is_empty() {
@@ -498,7 +582,8 @@ pub fn ca_certificates(a: &mut Assembler<'_>) -> Result<()> {
             .map(str::to_owned)
             .collect(),
         None => {
-            let mut conf = String::from("# Generated at image build: every certificate is enabled.\n");
+            let mut conf =
+                String::from("# Generated at image build: every certificate is enabled.\n");
             for c in &available {
                 conf.push_str(c);
                 conf.push('\n');
@@ -511,7 +596,9 @@ pub fn ca_certificates(a: &mut Assembler<'_>) -> Result<()> {
     for cert in &selected {
         let path = format!("/{prefix}{cert}");
         let Some(text) = a.read(&path)? else {
-            a.warnings.push(format!("/etc/ca-certificates.conf names {cert}, which is not in the tree"));
+            a.warnings.push(format!(
+                "/etc/ca-certificates.conf names {cert}, which is not in the tree"
+            ));
             continue;
         };
         bundle.extend_from_slice(text.as_bytes());
@@ -582,14 +669,16 @@ mod tests {
 
     #[test]
     fn shell_variables_are_reported_not_guessed() {
-        let (found, unreadable) = parse_alternatives("update-alternatives --install /usr/bin/x x $P 5 || true\n");
+        let (found, unreadable) =
+            parse_alternatives("update-alternatives --install /usr/bin/x x $P 5 || true\n");
         assert!(found.is_empty());
         assert_eq!(unreadable.len(), 1);
     }
 
     #[test]
     fn trailing_or_true_is_not_an_argument() {
-        let (found, _) = parse_alternatives("update-alternatives --install /a a /b 10 \\\n  || true\n");
+        let (found, _) =
+            parse_alternatives("update-alternatives --install /a a /b 10 \\\n  || true\n");
         assert_eq!(found.len(), 1);
         assert!(found[0].slaves.is_empty());
     }

@@ -97,7 +97,11 @@ fn deb_err<'a>(deb: &'a DebInput, stage: &'static str) -> impl Fn(io::Error) -> 
 
 /// A decompressing reader for an archive member, chosen by the suffix
 /// after `.tar`.
-fn decompressor<'r>(name: &str, suffix: &str, inner: Box<dyn Read + 'r>) -> io::Result<Box<dyn Read + 'r>> {
+fn decompressor<'r>(
+    name: &str,
+    suffix: &str,
+    inner: Box<dyn Read + 'r>,
+) -> io::Result<Box<dyn Read + 'r>> {
     match suffix {
         "" => Ok(inner),
         ".xz" => Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(inner))),
@@ -105,7 +109,9 @@ fn decompressor<'r>(name: &str, suffix: &str, inner: Box<dyn Read + 'r>) -> io::
         ".gz" => Ok(Box::new(flate2::read::GzDecoder::new(inner))),
         _ => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("member {name} uses an unsupported compression (supported: none, xz, zstd, gzip)"),
+            format!(
+                "member {name} uses an unsupported compression (supported: none, xz, zstd, gzip)"
+            ),
         )),
     }
 }
@@ -123,10 +129,12 @@ impl Unpacker<'_> {
             let member = member.map_err(deb_err(deb, "read ar archive"))?;
             let name = String::from_utf8_lossy(member.header().identifier()).into_owned();
             if let Some(suffix) = name.strip_prefix("control.tar") {
-                let reader = decompressor(&name, suffix, Box::new(member)).map_err(deb_err(deb, "open control archive"))?;
+                let reader = decompressor(&name, suffix, Box::new(member))
+                    .map_err(deb_err(deb, "open control archive"))?;
                 control = read_control(reader).map_err(deb_err(deb, "read control archive"))?;
             } else if let Some(suffix) = name.strip_prefix("data.tar") {
-                let reader = decompressor(&name, suffix, Box::new(member)).map_err(deb_err(deb, "open data archive"))?;
+                let reader = decompressor(&name, suffix, Box::new(member))
+                    .map_err(deb_err(deb, "open data archive"))?;
                 self.unpack_data(index, reader)?;
                 saw_data = true;
             }
@@ -135,7 +143,10 @@ impl Unpacker<'_> {
             return Err(Error::Deb {
                 path: deb.path.clone(),
                 stage: "find data archive",
-                source: io::Error::new(io::ErrorKind::InvalidData, "no data.tar member: not a Debian binary package"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "no data.tar member: not a Debian binary package",
+                ),
             });
         }
         Ok(control)
@@ -162,12 +173,20 @@ impl Unpacker<'_> {
         }
     }
 
-    fn unpack_entry(&mut self, index: usize, entry: &mut tar::Entry<'_, Box<dyn Read + '_>>) -> Result<()> {
+    fn unpack_entry(
+        &mut self,
+        index: usize,
+        entry: &mut tar::Entry<'_, Box<dyn Read + '_>>,
+    ) -> Result<()> {
         let packages = self.packages;
         let deb = &packages[index];
         let raw = entry.path_bytes().into_owned();
         let raw = String::from_utf8(raw).map_err(|e| {
-            self.hostile(index, &String::from_utf8_lossy(e.as_bytes()), "path is not UTF-8")
+            self.hostile(
+                index,
+                &String::from_utf8_lossy(e.as_bytes()),
+                "path is not UTF-8",
+            )
         })?;
         let header = entry.header();
         let kind = header.entry_type();
@@ -178,12 +197,16 @@ impl Unpacker<'_> {
         let Some((name, parent)) = components.split_last() else {
             // "./" itself: the root directory's metadata.
             if kind.is_dir() {
-                self.tree.root = Some(meta_of(header, &raw).map_err(|m| self.hostile(index, &raw, m))?);
+                self.tree.root =
+                    Some(meta_of(header, &raw).map_err(|m| self.hostile(index, &raw, m))?);
             }
             return Ok(());
         };
         let mut meta = meta_of(header, &raw).map_err(|m| self.hostile(index, &raw, m))?;
-        if let Some(pax) = entry.pax_extensions().map_err(deb_err(deb, "read data.tar"))? {
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(deb_err(deb, "read data.tar"))?
+        {
             for ext in pax {
                 let ext = ext.map_err(deb_err(deb, "read data.tar"))?;
                 if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
@@ -200,7 +223,9 @@ impl Unpacker<'_> {
         let pretend = self
             .tree
             .resolve(&[], &parent_path, true, Missing::Pretend, Above::Refuse)
-            .map_err(|e: ResolveError| self.hostile(index, &raw, format!("parent directory: {e}")))?;
+            .map_err(|e: ResolveError| {
+                self.hostile(index, &raw, format!("parent directory: {e}"))
+            })?;
         let mut key = pretend.clone();
         key.push(name.clone());
         let key = Key::from_components(&key);
@@ -209,16 +234,29 @@ impl Unpacker<'_> {
         }
         let parent = self
             .tree
-            .resolve(&[], &parent_path, true, Missing::Create { mtime: meta.mtime }, Above::Refuse)
+            .resolve(
+                &[],
+                &parent_path,
+                true,
+                Missing::Create { mtime: meta.mtime },
+                Above::Refuse,
+            )
             .map_err(|e| self.hostile(index, &raw, format!("parent directory: {e}")))?;
         match self.tree.get(&parent).map(|e| &e.node) {
             None if !parent.is_empty() => {
                 let mtime = meta.mtime;
-                self.tree
-                    .put(Key::from_components(&parent), Node::Dir(Meta::new(0o755, mtime)), Owner::Assembly);
+                self.tree.put(
+                    Key::from_components(&parent),
+                    Node::Dir(Meta::new(0o755, mtime)),
+                    Owner::Assembly,
+                );
             }
             Some(Node::File(_)) => {
-                return Err(self.hostile(index, &raw, format!("parent /{} is a file", parent.join("/"))));
+                return Err(self.hostile(
+                    index,
+                    &raw,
+                    format!("parent /{} is a file", parent.join("/")),
+                ));
             }
             _ => {}
         }
@@ -296,7 +334,11 @@ impl Unpacker<'_> {
                 ));
             }
             other => {
-                return Err(self.hostile(index, &raw, format!("unsupported tar entry type {other:?}")));
+                return Err(self.hostile(
+                    index,
+                    &raw,
+                    format!("unsupported tar entry type {other:?}"),
+                ));
             }
         }
         Ok(())
@@ -314,10 +356,17 @@ impl Unpacker<'_> {
             .transpose()
             .map_err(|_| self.hostile(index, raw, "hardlink target is not UTF-8"))?
             .ok_or_else(|| self.hostile(index, raw, "hardlink without a target"))?;
-        let components = normalize(&target).map_err(|m| self.hostile(index, raw, format!("hardlink target: {m}")))?;
+        let components = normalize(&target)
+            .map_err(|m| self.hostile(index, raw, format!("hardlink target: {m}")))?;
         let resolved = self
             .tree
-            .resolve(&[], &components.join("/"), false, Missing::Fail, Above::Refuse)
+            .resolve(
+                &[],
+                &components.join("/"),
+                false,
+                Missing::Fail,
+                Above::Refuse,
+            )
             .map_err(|e| self.hostile(index, raw, format!("hardlink target {target}: {e}")))?;
         match self.tree.get(&resolved).map(|e| &e.node) {
             Some(Node::File(id)) => Ok(*id),

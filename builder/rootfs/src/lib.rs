@@ -75,7 +75,9 @@ pub enum Error {
         stage: &'static str,
         source: std::io::Error,
     },
-    #[error("{path}: sha256 is {actual} but {expected} was expected; the file is corrupt or was replaced: delete it and fetch it again")]
+    #[error(
+        "{path}: sha256 is {actual} but {expected} was expected; the file is corrupt or was replaced: delete it and fetch it again"
+    )]
     Checksum {
         path: PathBuf,
         expected: String,
@@ -169,11 +171,12 @@ pub fn build_rootfs(
             if let Some(script) = control.postinst {
                 let (found, unreadable) = parse_alternatives(&script);
                 registrations.extend(found.into_iter().map(|r| (deb.name.clone(), r)));
-                unpacker.warnings.extend(
-                    unreadable
-                        .into_iter()
-                        .map(|line| format!("{}: postinst alternatives call not evaluated: {line}", deb.name)),
-                );
+                unpacker.warnings.extend(unreadable.into_iter().map(|line| {
+                    format!(
+                        "{}: postinst alternatives call not evaluated: {line}",
+                        deb.name
+                    )
+                }));
             }
         }
     }
@@ -196,7 +199,11 @@ pub fn build_rootfs(
     if let Some(dir) = &out.dir {
         output::write_dir(&tree, &blobs, source_date_epoch, dir)?;
     }
-    output::write_atomic(&out.manifest, &output::manifest_json(&debs), "write manifest")?;
+    output::write_atomic(
+        &out.manifest,
+        &output::manifest_json(&debs),
+        "write manifest",
+    )?;
 
     let mut seen = std::collections::HashSet::new();
     let content_bytes = tree

@@ -135,13 +135,22 @@ pub fn write_tarball(tree: &Tree, blobs: &BlobStore, epoch: u64, path: &Path) ->
             for (name, value) in &meta.xattrs {
                 records.extend(pax_record(&format!("SCHILY.xattr.{name}"), value));
             }
-            let mut h = header(&Meta::new(0o644, 0), 0, tar::EntryType::XHeader, records.len() as u64);
-            builder.append_data(&mut h, "@PaxHeader", &records[..]).map_err(&err)?;
+            let mut h = header(
+                &Meta::new(0o644, 0),
+                0,
+                tar::EntryType::XHeader,
+                records.len() as u64,
+            );
+            builder
+                .append_data(&mut h, "@PaxHeader", &records[..])
+                .map_err(&err)?;
         }
         match &entry.node {
             Node::Dir(meta) => {
                 let mut h = header(meta, epoch, tar::EntryType::Directory, 0);
-                builder.append_data(&mut h, format!("{}/", key.0), io::empty()).map_err(&err)?;
+                builder
+                    .append_data(&mut h, format!("{}/", key.0), io::empty())
+                    .map_err(&err)?;
             }
             Node::Symlink { target, meta } => {
                 let mut h = header(meta, epoch, tar::EntryType::Symlink, 0);
@@ -154,8 +163,13 @@ pub fn write_tarball(tree: &Tree, blobs: &BlobStore, epoch: u64, path: &Path) ->
                     builder.append_link(&mut h, &key.0, first).map_err(&err)?;
                 } else {
                     let mut h = header(&inode.meta, epoch, tar::EntryType::Regular, inode.size);
-                    let content = blobs.open(inode.blob).map_err(io_err(blobs.dir(), "read staged file"))?;
-                    let len = content.metadata().map_err(io_err(blobs.dir(), "read staged file"))?.len();
+                    let content = blobs
+                        .open(inode.blob)
+                        .map_err(io_err(blobs.dir(), "read staged file"))?;
+                    let len = content
+                        .metadata()
+                        .map_err(io_err(blobs.dir(), "read staged file"))?
+                        .len();
                     if len != inode.size {
                         return Err(Error::Io {
                             path: blobs.path(inode.blob),
@@ -194,7 +208,11 @@ fn timestamps(meta: &Meta, epoch: u64) -> Timestamps {
 /// matters: chown clears setuid bits, so the mode comes after it.
 fn apply_meta(fd: impl AsFd, meta: &Meta, epoch: u64, as_root: bool) -> io::Result<()> {
     if as_root {
-        rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )?;
         for (name, value) in &meta.xattrs {
             rustix::fs::fsetxattr(&fd, name.as_str(), value, XattrFlags::empty())?;
         }
@@ -228,15 +246,18 @@ pub fn write_dir(tree: &Tree, blobs: &BlobStore, epoch: u64, dest: &Path) -> Res
         .tempdir_in(parent)
         .map_err(io_err(parent, STAGE))?;
     let dir_flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
-    let root_fd = rustix::fs::open(tmp.path(), dir_flags, Mode::empty()).map_err(err(tmp.path()))?;
-    let blob_fd = rustix::fs::open(blobs.dir(), dir_flags, Mode::empty()).map_err(err(blobs.dir()))?;
+    let root_fd =
+        rustix::fs::open(tmp.path(), dir_flags, Mode::empty()).map_err(err(tmp.path()))?;
+    let blob_fd =
+        rustix::fs::open(blobs.dir(), dir_flags, Mode::empty()).map_err(err(blobs.dir()))?;
 
     // Open ancestors of the current entry; the key order is a depth-first
     // walk, so the parent of every entry is on this stack.
     let mut stack: Vec<(Vec<String>, OwnedFd, &Meta)> = Vec::new();
     let mut done_inodes: HashMap<InodeId, ()> = HashMap::new();
     let close = |(components, fd, meta): (Vec<String>, OwnedFd, &Meta)| {
-        apply_meta(&fd, meta, epoch, as_root).map_err(io_err(&tmp.path().join(components.join("/")), STAGE))
+        apply_meta(&fd, meta, epoch, as_root)
+            .map_err(io_err(&tmp.path().join(components.join("/")), STAGE))
     };
     for (key, entry) in &tree.nodes {
         let components = key.components();
@@ -244,18 +265,23 @@ pub fn write_dir(tree: &Tree, blobs: &BlobStore, epoch: u64, dest: &Path) -> Res
         while stack.last().is_some_and(|(c, _, _)| c.as_slice() != parent) {
             close(stack.pop().expect("checked non-empty"))?;
         }
-        let parent_fd = stack.last().map_or(root_fd.as_fd(), |(_, fd, _)| fd.as_fd());
+        let parent_fd = stack
+            .last()
+            .map_or(root_fd.as_fd(), |(_, fd, _)| fd.as_fd());
         let here = tmp.path().join(&key.0);
         match &entry.node {
             Node::Dir(meta) => {
                 // Created private and tightened on close, so a 0555 directory
                 // can still be filled without root.
-                rustix::fs::mkdirat(parent_fd, name.as_str(), Mode::from_raw_mode(0o700)).map_err(err(&here))?;
-                let fd = rustix::fs::openat(parent_fd, name.as_str(), dir_flags, Mode::empty()).map_err(err(&here))?;
+                rustix::fs::mkdirat(parent_fd, name.as_str(), Mode::from_raw_mode(0o700))
+                    .map_err(err(&here))?;
+                let fd = rustix::fs::openat(parent_fd, name.as_str(), dir_flags, Mode::empty())
+                    .map_err(err(&here))?;
                 stack.push((components.clone(), fd, meta));
             }
             Node::Symlink { target, meta } => {
-                rustix::fs::symlinkat(target.as_str(), parent_fd, name.as_str()).map_err(err(&here))?;
+                rustix::fs::symlinkat(target.as_str(), parent_fd, name.as_str())
+                    .map_err(err(&here))?;
                 if as_root {
                     rustix::fs::chownat(
                         parent_fd,
@@ -266,8 +292,13 @@ pub fn write_dir(tree: &Tree, blobs: &BlobStore, epoch: u64, dest: &Path) -> Res
                     )
                     .map_err(err(&here))?;
                 }
-                rustix::fs::utimensat(parent_fd, name.as_str(), &timestamps(meta, epoch), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(err(&here))?;
+                rustix::fs::utimensat(
+                    parent_fd,
+                    name.as_str(),
+                    &timestamps(meta, epoch),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(err(&here))?;
             }
             Node::File(id) => {
                 let inode = &tree.inodes[*id];
@@ -283,8 +314,14 @@ pub fn write_dir(tree: &Tree, blobs: &BlobStore, epoch: u64, dest: &Path) -> Res
                     apply_meta(&fd, &inode.meta, epoch, as_root).map_err(io_err(&here, STAGE))?;
                 }
                 // Every path of an inode is a hard link to its one blob.
-                rustix::fs::linkat(&blob_fd, blob_name.as_str(), parent_fd, name.as_str(), AtFlags::empty())
-                    .map_err(err(&here))?;
+                rustix::fs::linkat(
+                    &blob_fd,
+                    blob_name.as_str(),
+                    parent_fd,
+                    name.as_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(err(&here))?;
             }
         }
     }
@@ -334,8 +371,11 @@ pub fn manifest_json(debs: &[crate::DebInput]) -> Vec<u8> {
             sha256: &d.sha256,
         })
         .collect();
-    packages.sort_by(|a, b| (a.name, a.architecture, a.version).cmp(&(b.name, b.architecture, b.version)));
-    let mut out = serde_json::to_vec_pretty(&Manifest { packages }).expect("plain strings serialise");
+    packages.sort_by(|a, b| {
+        (a.name, a.architecture, a.version).cmp(&(b.name, b.architecture, b.version))
+    });
+    let mut out =
+        serde_json::to_vec_pretty(&Manifest { packages }).expect("plain strings serialise");
     out.push(b'\n');
     out
 }
@@ -350,7 +390,10 @@ mod tests {
         assert_eq!(r, b"6 a=b\n");
         let long = pax_record("SCHILY.xattr.security.capability", &[0u8; 60]);
         let digits = long.iter().position(|b| *b == b' ').unwrap();
-        let len: usize = std::str::from_utf8(&long[..digits]).unwrap().parse().unwrap();
+        let len: usize = std::str::from_utf8(&long[..digits])
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(len, long.len());
     }
 }

@@ -329,7 +329,11 @@ mod tests {
     fn tree_with(links: &[(&str, &str)], dirs: &[&str]) -> Tree {
         let mut tree = Tree::default();
         for d in dirs {
-            tree.put(Key(d.to_string()), Node::Dir(Meta::new(0o755, 0)), Owner::Assembly);
+            tree.put(
+                Key(d.to_string()),
+                Node::Dir(Meta::new(0o755, 0)),
+                Owner::Assembly,
+            );
         }
         for (l, t) in links {
             tree.put(
@@ -346,7 +350,12 @@ mod tests {
 
     #[test]
     fn keys_sort_parents_first_and_subtrees_together() {
-        let mut keys = vec![Key("a-b".into()), Key("a/c".into()), Key("a".into()), Key("a/b/c".into())];
+        let mut keys = [
+            Key("a-b".into()),
+            Key("a/c".into()),
+            Key("a".into()),
+            Key("a/b/c".into()),
+        ];
         keys.sort();
         let got: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         assert_eq!(got, ["a", "a/b/c", "a/c", "a-b"]);
@@ -370,7 +379,10 @@ mod tests {
     fn climbing_above_the_root_is_refused_or_clamped() {
         let mut tree = tree_with(&[("usr/x", "../../../etc")], &["usr", "etc"]);
         let refused = tree.resolve(&[], "usr/x/passwd", false, Missing::Fail, Above::Refuse);
-        assert!(matches!(refused, Err(ResolveError::Escape(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(ResolveError::Escape(_))),
+            "{refused:?}"
+        );
         let clamped = tree.resolve(&[], "usr/x/passwd", false, Missing::Fail, Above::Clamp);
         assert_eq!(clamped.unwrap(), c("etc/passwd"));
     }
@@ -388,8 +400,14 @@ mod tests {
         let got = tree.resolve(&[], "a/b/c", false, Missing::Pretend, Above::Refuse);
         assert_eq!(got.unwrap(), c("a/b/c"));
         assert!(tree.nodes.is_empty());
-        tree.resolve(&[], "a/b/c", false, Missing::Create { mtime: 1 }, Above::Refuse)
-            .unwrap();
+        tree.resolve(
+            &[],
+            "a/b/c",
+            false,
+            Missing::Create { mtime: 1 },
+            Above::Refuse,
+        )
+        .unwrap();
         assert_eq!(tree.nodes.len(), 2);
     }
 }

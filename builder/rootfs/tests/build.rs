@@ -22,7 +22,14 @@ enum E {
     Dir(&'static str),
     File(&'static str, &'static [u8]),
     /// path, content, mode, uid, gid, xattrs
-    Full(&'static str, &'static [u8], u32, u64, u64, Vec<(&'static str, &'static [u8])>),
+    Full(
+        &'static str,
+        &'static [u8],
+        u32,
+        u64,
+        u64,
+        Vec<(&'static str, &'static [u8])>,
+    ),
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
     Char(&'static str),
@@ -71,22 +78,42 @@ fn data_tar(entries: &[E]) -> Vec<u8> {
     for e in entries {
         match e {
             E::Dir(p) => append(raw_header(p, tar::EntryType::Directory, 0, 0o755), &[]),
-            E::File(p, c) => append(raw_header(p, tar::EntryType::Regular, c.len() as u64, 0o644), c),
+            E::File(p, c) => append(
+                raw_header(p, tar::EntryType::Regular, c.len() as u64, 0o644),
+                c,
+            ),
             E::Full(p, c, mode, uid, gid, xattrs) => {
                 if !xattrs.is_empty() {
-                    let records: Vec<(String, &[u8])> =
-                        xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
-                    let records: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                    let records: Vec<(String, &[u8])> = xattrs
+                        .iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                        .collect();
+                    let records: Vec<(&str, &[u8])> =
+                        records.iter().map(|(k, v)| (k.as_str(), *v)).collect();
                     let body = pax(&records);
-                    append(raw_header("PaxHeader", tar::EntryType::XHeader, body.len() as u64, 0o644), &body);
+                    append(
+                        raw_header(
+                            "PaxHeader",
+                            tar::EntryType::XHeader,
+                            body.len() as u64,
+                            0o644,
+                        ),
+                        &body,
+                    );
                 }
                 let mut h = raw_header(p, tar::EntryType::Regular, c.len() as u64, *mode);
                 h.set_uid(*uid);
                 h.set_gid(*gid);
                 append(h, c)
             }
-            E::Symlink(p, t) => append(with_link(raw_header(p, tar::EntryType::Symlink, 0, 0o777), t), &[]),
-            E::Hardlink(p, t) => append(with_link(raw_header(p, tar::EntryType::Link, 0, 0o644), t), &[]),
+            E::Symlink(p, t) => append(
+                with_link(raw_header(p, tar::EntryType::Symlink, 0, 0o777), t),
+                &[],
+            ),
+            E::Hardlink(p, t) => append(
+                with_link(raw_header(p, tar::EntryType::Link, 0, 0o644), t),
+                &[],
+            ),
             E::Char(p) => append(raw_header(p, tar::EntryType::Char, 0, 0o600), &[]),
             E::Fifo(p) => append(raw_header(p, tar::EntryType::Fifo, 0, 0o600), &[]),
         }
@@ -121,7 +148,10 @@ fn compress(data: &[u8], c: Compression) -> (Vec<u8>, &'static str) {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Writes `<dir>/<name>.deb` (ar: debian-binary, control.tar, data.tar).
@@ -133,7 +163,10 @@ fn deb(dir: &Path, name: &str, entries: &[E], postinst: Option<&str>, c: Compres
         h.set_mode(0o755);
         control.append_data(&mut h, path, body).unwrap();
     };
-    add("./control", format!("Package: {name}\nVersion: 1.0\nArchitecture: amd64\n").as_bytes());
+    add(
+        "./control",
+        format!("Package: {name}\nVersion: 1.0\nArchitecture: amd64\n").as_bytes(),
+    );
     if let Some(script) = postinst {
         add("./postinst", script.as_bytes());
     }
@@ -219,8 +252,13 @@ fn read_tar(path: &Path) -> Vec<(String, T)> {
         assert_eq!(h.username_bytes(), Some(&b""[..]));
         assert_eq!(h.groupname_bytes(), Some(&b""[..]));
         // Directories carry a trailing '/'; keys here do not.
-        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap().trim_end_matches('/').to_owned();
-        let link = entry.link_name_bytes().map(|l| String::from_utf8(l.into_owned()).unwrap());
+        let path = String::from_utf8(entry.path_bytes().into_owned())
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned();
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8(l.into_owned()).unwrap());
         let mut content = Vec::new();
         entry.read_to_end(&mut content).unwrap();
         let kind = match h.entry_type() {
@@ -271,7 +309,13 @@ fn tmp() -> tempfile::TempDir {
 #[test]
 fn dotdot_path_is_refused_and_nothing_escapes() {
     let d = tmp();
-    let p = deb(d.path(), "evil", &[E::Dir("./"), E::File("./../../escaped", b"x")], None, Compression::Xz);
+    let p = deb(
+        d.path(),
+        "evil",
+        &[E::Dir("./"), E::File("./../../escaped", b"x")],
+        None,
+        Compression::Xz,
+    );
     let msg = refused(build_with(&[p], &Rootfs::default(), true), "'..'");
     assert!(msg.contains("evil"), "names the package: {msg}");
     assert!(!d.path().join("escaped").exists());
@@ -280,7 +324,13 @@ fn dotdot_path_is_refused_and_nothing_escapes() {
 #[test]
 fn absolute_paths_land_inside_the_root() {
     let d = tmp();
-    let p = deb(d.path(), "abs", &[E::File("/etc/abs-file", b"in")], None, Compression::None);
+    let p = deb(
+        d.path(),
+        "abs",
+        &[E::File("/etc/abs-file", b"in")],
+        None,
+        Compression::None,
+    );
     let b = build(&[p], &Rootfs::default());
     assert_eq!(tar_map(&b)["etc/abs-file"].content, b"in");
 }
@@ -291,11 +341,17 @@ fn symlink_escaping_above_root_then_file_below_is_refused() {
     let p = deb(
         d.path(),
         "evil",
-        &[E::Symlink("./usr/x", "../../../../.."), E::File("./usr/x/tmp/pwned", b"x")],
+        &[
+            E::Symlink("./usr/x", "../../../../.."),
+            E::File("./usr/x/tmp/pwned", b"x"),
+        ],
         None,
         Compression::Zstd,
     );
-    refused(build_with(&[p], &Rootfs::default(), true), "climbs above the root");
+    refused(
+        build_with(&[p], &Rootfs::default(), true),
+        "climbs above the root",
+    );
 }
 
 #[test]
@@ -304,14 +360,28 @@ fn absolute_symlink_to_a_host_path_is_confined_to_the_root() {
     let host_target = d.path().join("host");
     std::fs::create_dir(&host_target).unwrap();
     let target: &'static str = Box::leak(host_target.to_str().unwrap().to_owned().into_boxed_str());
-    let p = deb(d.path(), "evil", &[E::Symlink("./out", target), E::File("./out/pwned", b"x")], None, Compression::Gzip);
+    let p = deb(
+        d.path(),
+        "evil",
+        &[E::Symlink("./out", target), E::File("./out/pwned", b"x")],
+        None,
+        Compression::Gzip,
+    );
     let b = build(&[p], &Rootfs::default());
-    assert!(!host_target.join("pwned").exists(), "wrote through a symlink onto the host");
+    assert!(
+        !host_target.join("pwned").exists(),
+        "wrote through a symlink onto the host"
+    );
     let inside = format!("{}/pwned", target.trim_start_matches('/'));
     assert_eq!(tar_map(&b)[&inside].content, b"x");
     let tree = b.out.dir.as_ref().unwrap();
     assert!(tree.join(&inside).is_file());
-    assert!(std::fs::symlink_metadata(tree.join("out")).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(tree.join("out"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -327,7 +397,10 @@ fn directory_is_not_replaced_by_a_later_symlink() {
     let b = deb(
         d.path(),
         "b",
-        &[E::Symlink("./usr/share/x", "/etc"), E::File("./usr/share/x/g", b"g")],
+        &[
+            E::Symlink("./usr/share/x", "/etc"),
+            E::File("./usr/share/x/g", b"g"),
+        ],
         None,
         Compression::Xz,
     );
@@ -336,32 +409,77 @@ fn directory_is_not_replaced_by_a_later_symlink() {
     assert_eq!(t["usr/share/x"].kind, 'd');
     assert_eq!(t["usr/share/x/g"].content, b"g");
     assert!(!t.contains_key("etc/g"));
-    assert!(built.summary.warnings.iter().any(|w| w.contains("kept directory /usr/share/x")));
+    assert!(
+        built
+            .summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("kept directory /usr/share/x"))
+    );
 }
 
 #[test]
 fn file_replacing_a_directory_is_refused() {
     let d = tmp();
-    let p = deb(d.path(), "evil", &[E::Dir("./etc/x/"), E::File("./etc/x", b"f")], None, Compression::None);
-    refused(build_with(&[p], &Rootfs::default(), false), "would replace directory /etc/x");
+    let p = deb(
+        d.path(),
+        "evil",
+        &[E::Dir("./etc/x/"), E::File("./etc/x", b"f")],
+        None,
+        Compression::None,
+    );
+    refused(
+        build_with(&[p], &Rootfs::default(), false),
+        "would replace directory /etc/x",
+    );
 }
 
 #[test]
 fn file_replaces_a_symlink_instead_of_writing_through_it() {
     let d = tmp();
-    let a = deb(d.path(), "a", &[E::File("./etc/target", b"keep"), E::Symlink("./etc/link", "target")], None, Compression::None);
-    let b = deb(d.path(), "b", &[E::File("./etc/link", b"new")], None, Compression::None);
+    let a = deb(
+        d.path(),
+        "a",
+        &[
+            E::File("./etc/target", b"keep"),
+            E::Symlink("./etc/link", "target"),
+        ],
+        None,
+        Compression::None,
+    );
+    let b = deb(
+        d.path(),
+        "b",
+        &[E::File("./etc/link", b"new")],
+        None,
+        Compression::None,
+    );
     let built = build(&[a, b], &Rootfs::default());
     let t = tar_map(&built);
     assert_eq!(t["etc/target"].content, b"keep");
-    assert_eq!((t["etc/link"].kind, t["etc/link"].content.as_slice()), ('f', &b"new"[..]));
-    assert!(built.summary.warnings.iter().any(|w| w == "b overwrites /etc/link from a"));
+    assert_eq!(
+        (t["etc/link"].kind, t["etc/link"].content.as_slice()),
+        ('f', &b"new"[..])
+    );
+    assert!(
+        built
+            .summary
+            .warnings
+            .iter()
+            .any(|w| w == "b overwrites /etc/link from a")
+    );
 }
 
 #[test]
 fn hardlink_outside_or_to_a_symlink_is_refused() {
     let d = tmp();
-    let out = deb(d.path(), "h1", &[E::Hardlink("./x", "../../etc/passwd")], None, Compression::None);
+    let out = deb(
+        d.path(),
+        "h1",
+        &[E::Hardlink("./x", "../../etc/passwd")],
+        None,
+        Compression::None,
+    );
     refused(build_with(&[out], &Rootfs::default(), false), "'..'");
     let to_link = deb(
         d.path(),
@@ -370,9 +488,21 @@ fn hardlink_outside_or_to_a_symlink_is_refused() {
         None,
         Compression::None,
     );
-    refused(build_with(&[to_link], &Rootfs::default(), false), "not a regular file");
-    let missing = deb(d.path(), "h3", &[E::Hardlink("./x", "./nothing")], None, Compression::None);
-    refused(build_with(&[missing], &Rootfs::default(), false), "hardlink target");
+    refused(
+        build_with(&[to_link], &Rootfs::default(), false),
+        "not a regular file",
+    );
+    let missing = deb(
+        d.path(),
+        "h3",
+        &[E::Hardlink("./x", "./nothing")],
+        None,
+        Compression::None,
+    );
+    refused(
+        build_with(&[missing], &Rootfs::default(), false),
+        "hardlink target",
+    );
 }
 
 #[test]
@@ -381,7 +511,10 @@ fn hardlinks_are_kept_as_hardlinks() {
     let p = deb(
         d.path(),
         "h",
-        &[E::File("./usr/bin/b", b"same"), E::Hardlink("./usr/bin/a", "./usr/bin/b")],
+        &[
+            E::File("./usr/bin/b", b"same"),
+            E::Hardlink("./usr/bin/a", "./usr/bin/b"),
+        ],
         None,
         Compression::None,
     );
@@ -389,7 +522,10 @@ fn hardlinks_are_kept_as_hardlinks() {
     let t = tar_map(&built);
     // "a" sorts first, so it carries the content and "b" links to it.
     assert_eq!(t["usr/bin/a"].content, b"same");
-    assert_eq!((t["usr/bin/b"].kind, t["usr/bin/b"].link.as_deref()), ('h', Some("usr/bin/a")));
+    assert_eq!(
+        (t["usr/bin/b"].kind, t["usr/bin/b"].link.as_deref()),
+        ('h', Some("usr/bin/a"))
+    );
     use std::os::unix::fs::MetadataExt;
     let tree = built.out.dir.as_ref().unwrap();
     let ino = |p: &str| std::fs::metadata(tree.join(p)).unwrap().ino();
@@ -399,9 +535,21 @@ fn hardlinks_are_kept_as_hardlinks() {
 #[test]
 fn device_nodes_are_refused_unless_excluded() {
     let d = tmp();
-    let p = deb(d.path(), "dev", &[E::Char("./dev/null"), E::Fifo("./run/fifo")], None, Compression::None);
-    let msg = refused(build_with(&[p.clone()], &Rootfs::default(), false), "device nodes");
-    assert!(msg.contains("package dev") && msg.contains("./dev/null"), "{msg}");
+    let p = deb(
+        d.path(),
+        "dev",
+        &[E::Char("./dev/null"), E::Fifo("./run/fifo")],
+        None,
+        Compression::None,
+    );
+    let msg = refused(
+        build_with(std::slice::from_ref(&p), &Rootfs::default(), false),
+        "device nodes",
+    );
+    assert!(
+        msg.contains("package dev") && msg.contains("./dev/null"),
+        "{msg}"
+    );
     let cfg = Rootfs {
         path_exclude: vec!["/dev/**".into(), "/run/fifo".into()],
         ..Rootfs::default()
@@ -413,8 +561,17 @@ fn device_nodes_are_refused_unless_excluded() {
 #[test]
 fn duplicate_entries_later_wins() {
     let d = tmp();
-    let p = deb(d.path(), "dup", &[E::File("./f", b"first"), E::File("./f", b"second")], None, Compression::None);
-    assert_eq!(tar_map(&build(&[p], &Rootfs::default()))["f"].content, b"second");
+    let p = deb(
+        d.path(),
+        "dup",
+        &[E::File("./f", b"first"), E::File("./f", b"second")],
+        None,
+        Compression::None,
+    );
+    assert_eq!(
+        tar_map(&build(&[p], &Rootfs::default()))["f"].content,
+        b"second"
+    );
 }
 
 #[test]
@@ -423,17 +580,30 @@ fn symlink_loops_are_refused() {
     let p = deb(
         d.path(),
         "loop",
-        &[E::Symlink("./a", "b"), E::Symlink("./b", "a"), E::File("./a/f", b"x")],
+        &[
+            E::Symlink("./a", "b"),
+            E::Symlink("./b", "a"),
+            E::File("./a/f", b"x"),
+        ],
         None,
         Compression::None,
     );
-    refused(build_with(&[p], &Rootfs::default(), false), "too many levels");
+    refused(
+        build_with(&[p], &Rootfs::default(), false),
+        "too many levels",
+    );
 }
 
 #[test]
 fn corrupt_deb_is_refused_by_checksum() {
     let d = tmp();
-    let mut p = deb(d.path(), "c", &[E::File("./f", b"x")], None, Compression::None);
+    let mut p = deb(
+        d.path(),
+        "c",
+        &[E::File("./f", b"x")],
+        None,
+        Compression::None,
+    );
     p.sha256 = "00".repeat(32);
     refused(build_with(&[p], &Rootfs::default(), false), "sha256 is");
 }
@@ -452,7 +622,10 @@ fn not_a_deb_is_refused() {
         sha256: sha256_hex(b"!<arch>\n"),
         path,
     };
-    refused(build_with(&[p], &Rootfs::default(), false), "no data.tar member");
+    refused(
+        build_with(&[p], &Rootfs::default(), false),
+        "no data.tar member",
+    );
 }
 
 // ---- metadata without root ------------------------------------------
@@ -466,7 +639,14 @@ fn ownership_setuid_and_xattrs_survive_into_the_tarball() {
         "own",
         &[
             E::Full("./usr/bin/suid", b"s", 0o4755, 0, 0, vec![]),
-            E::Full("./usr/bin/ping", b"p", 0o755, 0, 0, vec![("security.capability", cap)]),
+            E::Full(
+                "./usr/bin/ping",
+                b"p",
+                0o755,
+                0,
+                0,
+                vec![("security.capability", cap)],
+            ),
             E::Full("./var/lib/thing", b"t", 0o2750, 1000, 42, vec![]),
         ],
         None,
@@ -481,7 +661,10 @@ fn ownership_setuid_and_xattrs_survive_into_the_tarball() {
     // Every mtime is clamped to the epoch.
     assert!(t.values().all(|e| e.mtime == EPOCH));
     // Parents come before children.
-    let order: Vec<String> = read_tar(&built.out.tarball).into_iter().map(|(p, _)| p).collect();
+    let order: Vec<String> = read_tar(&built.out.tarball)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     for (i, p) in order.iter().enumerate() {
         let parent = Path::new(p).parent().unwrap().to_str().unwrap().to_owned();
         if !parent.is_empty() {
@@ -490,7 +673,10 @@ fn ownership_setuid_and_xattrs_survive_into_the_tarball() {
     }
     use std::os::unix::fs::PermissionsExt;
     let tree = built.out.dir.as_ref().unwrap();
-    let mode = std::fs::metadata(tree.join("usr/bin/suid")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(tree.join("usr/bin/suid"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o4755);
 }
 
@@ -505,7 +691,10 @@ fn base_passwd(dir: &Path) -> DebInput {
                 "./usr/share/base-passwd/passwd.master",
                 b"root:*:0:0:root:/root:/bin/sh\ndaemon:*:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
             ),
-            E::File("./usr/share/base-passwd/group.master", b"root:*:0:\ndaemon:*:1:\nshadow:*:42:\n"),
+            E::File(
+                "./usr/share/base-passwd/group.master",
+                b"root:*:0:\ndaemon:*:1:\nshadow:*:42:\n",
+            ),
         ],
         None,
         Compression::Xz,
@@ -519,11 +708,30 @@ fn text(t: &BTreeMap<String, T>, path: &str) -> String {
 #[test]
 fn usrmerge_links_and_files_shipped_under_bin() {
     let d = tmp();
-    let p = deb(d.path(), "old", &[E::Dir("./bin/"), E::File("./bin/tool", b"t"), E::File("./lib64/ld.so", b"l")], None, Compression::None);
+    let p = deb(
+        d.path(),
+        "old",
+        &[
+            E::Dir("./bin/"),
+            E::File("./bin/tool", b"t"),
+            E::File("./lib64/ld.so", b"l"),
+        ],
+        None,
+        Compression::None,
+    );
     let built = build(&[p], &Rootfs::default());
     let t = tar_map(&built);
-    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
-        assert_eq!((t[link].kind, t[link].link.as_deref()), ('l', Some(target)), "{link}");
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        assert_eq!(
+            (t[link].kind, t[link].link.as_deref()),
+            ('l', Some(target)),
+            "{link}"
+        );
     }
     assert_eq!(t["usr/bin/tool"].content, b"t");
     assert_eq!(t["usr/lib64/ld.so"].content, b"l");
@@ -553,11 +761,16 @@ fn accounts_from_base_passwd_and_recipe() {
         text(&t, "etc/passwd"),
         "root:*:0:0:root:/root:/bin/sh\ndaemon:*:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsvc:x:998:999::/nonexistent:/usr/sbin/nologin\n"
     );
-    assert_eq!(text(&t, "etc/group"), "root:*:0:\ndaemon:*:1:\nshadow:*:42:\ndocker:x:999:svc\n");
+    assert_eq!(
+        text(&t, "etc/group"),
+        "root:*:0:\ndaemon:*:1:\nshadow:*:42:\ndocker:x:999:svc\n"
+    );
     let days = EPOCH / 86400;
     assert_eq!(
         text(&t, "etc/shadow"),
-        format!("root:*:{days}:0:99999:7:::\ndaemon:*:{days}:0:99999:7:::\nsvc:*:{days}:0:99999:7:::\n")
+        format!(
+            "root:*:{days}:0:99999:7:::\ndaemon:*:{days}:0:99999:7:::\nsvc:*:{days}:0:99999:7:::\n"
+        )
     );
     assert_eq!((t["etc/shadow"].mode, t["etc/shadow"].gid), (0o640, 42));
     assert!(text(&t, "etc/gshadow").ends_with("docker:*::svc\n"));
@@ -566,8 +779,14 @@ fn accounts_from_base_passwd_and_recipe() {
 #[test]
 fn minimal_accounts_without_base_passwd_and_clashes_refused() {
     let d = tmp();
-    let p = deb(d.path(), "x", &[E::File("./f", b"")], None, Compression::None);
-    let t = tar_map(&build(&[p.clone()], &Rootfs::default()));
+    let p = deb(
+        d.path(),
+        "x",
+        &[E::File("./f", b"")],
+        None,
+        Compression::None,
+    );
+    let t = tar_map(&build(std::slice::from_ref(&p), &Rootfs::default()));
     assert_eq!(text(&t, "etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
     assert_eq!(text(&t, "etc/group"), "root:x:0:\n");
     let clash = Rootfs {
@@ -578,7 +797,10 @@ fn minimal_accounts_without_base_passwd_and_clashes_refused() {
         }],
         ..Rootfs::default()
     };
-    refused(build_with(&[p], &clash, false), "clashes with existing group root");
+    refused(
+        build_with(&[p], &clash, false),
+        "clashes with existing group root",
+    );
 }
 
 #[test]
@@ -587,13 +809,22 @@ fn etc_files_are_present() {
     let p = deb(
         d.path(),
         "base-files",
-        &[E::File("./usr/lib/os-release", b"ID=debian\n"), E::Symlink("./etc/os-release", "../usr/lib/os-release")],
+        &[
+            E::File("./usr/lib/os-release", b"ID=debian\n"),
+            E::Symlink("./etc/os-release", "../usr/lib/os-release"),
+        ],
         None,
         Compression::None,
     );
     let t = tar_map(&build(&[p], &Rootfs::default()));
-    assert_eq!((t["etc/machine-id"].kind, t["etc/machine-id"].content.len()), ('f', 0));
-    assert_eq!(t["etc/os-release"].link.as_deref(), Some("../usr/lib/os-release"));
+    assert_eq!(
+        (t["etc/machine-id"].kind, t["etc/machine-id"].content.len()),
+        ('f', 0)
+    );
+    assert_eq!(
+        t["etc/os-release"].link.as_deref(),
+        Some("../usr/lib/os-release")
+    );
     for f in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {
         assert!(!t[f].content.is_empty(), "{f}");
     }
@@ -629,10 +860,19 @@ fn iptables(dir: &Path) -> DebInput {
 fn alternatives_follow_priority_then_the_recipe() {
     let d = tmp();
     let auto = build(&[iptables(d.path())], &Rootfs::default());
-    assert_eq!(auto.summary.alternatives["/usr/sbin/iptables"], "/usr/sbin/iptables-nft");
+    assert_eq!(
+        auto.summary.alternatives["/usr/sbin/iptables"],
+        "/usr/sbin/iptables-nft"
+    );
     let t = tar_map(&auto);
-    assert_eq!(t["usr/sbin/iptables"].link.as_deref(), Some("/etc/alternatives/iptables"));
-    assert_eq!(t["etc/alternatives/iptables"].link.as_deref(), Some("/usr/sbin/iptables-nft"));
+    assert_eq!(
+        t["usr/sbin/iptables"].link.as_deref(),
+        Some("/etc/alternatives/iptables")
+    );
+    assert_eq!(
+        t["etc/alternatives/iptables"].link.as_deref(),
+        Some("/usr/sbin/iptables-nft")
+    );
 
     let legacy = Rootfs {
         iptables: Some(IptablesBackend::Legacy),
@@ -641,41 +881,74 @@ fn alternatives_follow_priority_then_the_recipe() {
     let built = build(&[iptables(d.path())], &legacy);
     let alts = &built.summary.alternatives;
     assert_eq!(alts["/usr/sbin/iptables"], "/usr/sbin/iptables-legacy");
-    assert_eq!(alts["/usr/sbin/iptables-save"], "/usr/sbin/iptables-legacy-save");
+    assert_eq!(
+        alts["/usr/sbin/iptables-save"],
+        "/usr/sbin/iptables-legacy-save"
+    );
     // No legacy ebtables in this package: it keeps its only choice.
     assert_eq!(alts["/usr/sbin/ebtables"], "/usr/sbin/ebtables-nft");
     // Absolute links are read one hop at a time: on the host they would
     // lead out of the tree.
     let tree = built.out.dir.as_ref().unwrap();
-    let hop = |p: &str| std::fs::read_link(tree.join(p)).unwrap().to_str().unwrap().to_owned();
+    let hop = |p: &str| {
+        std::fs::read_link(tree.join(p))
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(hop("usr/sbin/iptables"), "/etc/alternatives/iptables");
-    assert_eq!(hop("etc/alternatives/iptables"), "/usr/sbin/iptables-legacy");
-    assert_eq!(std::fs::read(tree.join("usr/sbin/iptables-legacy")).unwrap(), b"l");
+    assert_eq!(
+        hop("etc/alternatives/iptables"),
+        "/usr/sbin/iptables-legacy"
+    );
+    assert_eq!(
+        std::fs::read(tree.join("usr/sbin/iptables-legacy")).unwrap(),
+        b"l"
+    );
 }
 
 #[test]
 fn recipe_alternatives_override_and_dangling_is_an_error() {
     let d = tmp();
-    let tools = deb(d.path(), "tools", &[E::File("./usr/bin/vim.tiny", b"v")], None, Compression::None);
+    let tools = deb(
+        d.path(),
+        "tools",
+        &[E::File("./usr/bin/vim.tiny", b"v")],
+        None,
+        Compression::None,
+    );
     let cfg = Rootfs {
         alternatives: [("/usr/bin/editor".to_owned(), "/usr/bin/vim.tiny".to_owned())].into(),
         ..Rootfs::default()
     };
-    let built = build(&[tools.clone()], &cfg);
+    let built = build(std::slice::from_ref(&tools), &cfg);
     let t = tar_map(&built);
-    assert_eq!(t["usr/bin/editor"].link.as_deref(), Some("/etc/alternatives/editor"));
-    assert_eq!(t["etc/alternatives/editor"].link.as_deref(), Some("/usr/bin/vim.tiny"));
+    assert_eq!(
+        t["usr/bin/editor"].link.as_deref(),
+        Some("/etc/alternatives/editor")
+    );
+    assert_eq!(
+        t["etc/alternatives/editor"].link.as_deref(),
+        Some("/usr/bin/vim.tiny")
+    );
 
     let dangling = Rootfs {
         alternatives: [("/usr/bin/editor".to_owned(), "/usr/bin/nano".to_owned())].into(),
         ..Rootfs::default()
     };
-    refused(build_with(&[tools.clone()], &dangling, false), "/usr/bin/nano is not in the tree");
+    refused(
+        build_with(std::slice::from_ref(&tools), &dangling, false),
+        "/usr/bin/nano is not in the tree",
+    );
     let no_iptables = Rootfs {
         iptables: Some(IptablesBackend::Nft),
         ..Rootfs::default()
     };
-    refused(build_with(&[tools], &no_iptables, false), "no package registers the iptables alternative");
+    refused(
+        build_with(&[tools], &no_iptables, false),
+        "no package registers the iptables alternative",
+    );
 }
 
 #[test]
@@ -697,7 +970,11 @@ fn excludes_with_include_exceptions_leave_no_empty_parents() {
         Compression::None,
     );
     let cfg = Rootfs {
-        path_exclude: vec!["/usr/share/doc/**".into(), "/usr/share/man/**".into(), "/etc/rc?.d/**".into()],
+        path_exclude: vec![
+            "/usr/share/doc/**".into(),
+            "/usr/share/man/**".into(),
+            "/etc/rc?.d/**".into(),
+        ],
         path_include: vec!["/usr/share/doc/*/copyright".into()],
         ..Rootfs::default()
     };
@@ -712,11 +989,29 @@ fn excludes_with_include_exceptions_leave_no_empty_parents() {
 #[test]
 fn manifest_lists_packages_sorted() {
     let d = tmp();
-    let b = deb(d.path(), "zeta", &[E::File("./z", b"")], None, Compression::None);
-    let a = deb(d.path(), "alpha", &[E::File("./a", b"")], None, Compression::Gzip);
+    let b = deb(
+        d.path(),
+        "zeta",
+        &[E::File("./z", b"")],
+        None,
+        Compression::None,
+    );
+    let a = deb(
+        d.path(),
+        "alpha",
+        &[E::File("./a", b"")],
+        None,
+        Compression::Gzip,
+    );
     let built = build(&[b.clone(), a.clone()], &Rootfs::default());
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&built.out.manifest).unwrap()).unwrap();
-    let names: Vec<&str> = json["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&built.out.manifest).unwrap()).unwrap();
+    let names: Vec<&str> = json["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["alpha", "zeta"]);
     assert_eq!(json["packages"][0]["sha256"], a.sha256);
     assert_eq!(json["packages"][1]["source_version"], "1.0");
@@ -725,7 +1020,13 @@ fn manifest_lists_packages_sorted() {
 #[test]
 fn existing_non_empty_output_dir_is_not_clobbered() {
     let d = tmp();
-    let p = deb(d.path(), "x", &[E::File("./f", b"")], None, Compression::None);
+    let p = deb(
+        d.path(),
+        "x",
+        &[E::File("./f", b"")],
+        None,
+        Compression::None,
+    );
     let out_dir = d.path().join("tree");
     std::fs::create_dir(&out_dir).unwrap();
     std::fs::write(out_dir.join("precious"), b"p").unwrap();
@@ -734,13 +1035,23 @@ fn existing_non_empty_output_dir_is_not_clobbered() {
         tarball: d.path().join("r.tar"),
         manifest: d.path().join("m.json"),
     };
-    let err = build_rootfs(&[p], &Rootfs::default(), EPOCH, &out).unwrap_err().to_string();
-    assert!(err.contains("must be absent or an empty directory"), "{err}");
+    let err = build_rootfs(&[p], &Rootfs::default(), EPOCH, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("must be absent or an empty directory"),
+        "{err}"
+    );
     assert!(out_dir.join("precious").exists());
     let leftovers: Vec<PathBuf> = std::fs::read_dir(d.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".usmol"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".usmol")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -757,7 +1068,14 @@ fn same_input_gives_byte_identical_output_under_other_dirs_umask_and_order() {
             d.path(),
             "misc",
             &[
-                E::Full("./usr/bin/suid", b"s", 0o4755, 0, 0, vec![("security.capability", CAP)]),
+                E::Full(
+                    "./usr/bin/suid",
+                    b"s",
+                    0o4755,
+                    0,
+                    0,
+                    vec![("security.capability", CAP)],
+                ),
                 E::File("./usr/bin/b", b"same"),
                 E::Hardlink("./usr/bin/a", "./usr/bin/b"),
                 E::Symlink("./usr/bin/c", "b"),
@@ -783,7 +1101,10 @@ fn same_input_gives_byte_identical_output_under_other_dirs_umask_and_order() {
     rustix::process::umask(old);
     assert_eq!(first.summary.tarball_sha256, second.summary.tarball_sha256);
     let bytes = |p: &Path| std::fs::read(p).unwrap();
-    assert_eq!(sha256_hex(&bytes(&first.out.tarball)), first.summary.tarball_sha256);
+    assert_eq!(
+        sha256_hex(&bytes(&first.out.tarball)),
+        first.summary.tarball_sha256
+    );
     assert!(bytes(&first.out.tarball) == bytes(&second.out.tarball));
     assert!(bytes(&first.out.manifest) == bytes(&second.out.manifest));
     assert_ne!(first.out.tarball, second.out.tarball);
