@@ -12,8 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = usmol_archive::Cache::default_location();
     let start = std::time::Instant::now();
     let lock = usmol_archive::lock(&recipe, &recipe_path, &mirror, &cache, None)?;
-    eprintln!("locked {} packages in {:?}", lock.packages.len(), start.elapsed());
-    let out = args.next().map(PathBuf::from).unwrap_or_else(|| usmol_recipe::Lock::path_for(&recipe_path));
+    eprintln!(
+        "locked {} packages in {:?}",
+        lock.packages.len(),
+        start.elapsed()
+    );
+    let out = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| usmol_recipe::Lock::path_for(&recipe_path));
     lock.save(&out)?;
     eprintln!("wrote {}", out.display());
     Ok(())

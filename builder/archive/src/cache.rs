@@ -25,14 +25,20 @@ pub const DEFAULT_PARALLEL: usize = 4;
 /// The default cache directory: `$USMOL_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/usmol`, else `~/.cache/usmol`.
 pub fn cache_dir() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("USMOL_CACHE_DIR") {
         return dir;
     }
     if let Some(dir) = var("XDG_CACHE_HOME") {
         return dir.join("usmol");
     }
-    var("HOME").unwrap_or_else(|| PathBuf::from("/")).join(".cache/usmol")
+    var("HOME")
+        .unwrap_or_else(|| PathBuf::from("/"))
+        .join(".cache/usmol")
 }
 
 /// One file to fetch: where from and what it must hash to.
@@ -73,7 +79,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 impl Cache {
@@ -120,17 +128,24 @@ impl Cache {
 
     fn io_err(path: &Path, stage: &'static str) -> impl FnOnce(std::io::Error) -> Error + use<> {
         let path = path.to_owned();
-        move |source| Error::Io { path, stage, source }
+        move |source| Error::Io {
+            path,
+            stage,
+            source,
+        }
     }
 
     /// The verified blob for `sha256`/`size`, if cached and intact. A blob
     /// that no longer matches is deleted so it is fetched again.
     pub fn lookup(&self, sha256: &str, size: u64) -> Result<Option<PathBuf>> {
         let path = self.blob_path(sha256);
-        let Ok(meta) = fs::metadata(&path) else { return Ok(None) };
+        let Ok(meta) = fs::metadata(&path) else {
+            return Ok(None);
+        };
         if meta.len() == size {
             let file = File::open(&path).map_err(Self::io_err(&path, "reading a cached blob"))?;
-            let (hasher, _) = hash_reader(file).map_err(Self::io_err(&path, "reading a cached blob"))?;
+            let (hasher, _) =
+                hash_reader(file).map_err(Self::io_err(&path, "reading a cached blob"))?;
             if hex::encode(hasher.finalize()) == sha256 {
                 return Ok(Some(path));
             }
@@ -149,7 +164,9 @@ impl Cache {
         }
         let tmp = self.tmp_path(&format!("{sha}.store.{}", std::process::id()));
         let mk = |p: &Path| fs::create_dir_all(p.parent().unwrap());
-        mk(&tmp).and_then(|_| mk(&path)).map_err(Self::io_err(&self.root, "creating the cache"))?;
+        mk(&tmp)
+            .and_then(|_| mk(&path))
+            .map_err(Self::io_err(&self.root, "creating the cache"))?;
         fs::write(&tmp, bytes).map_err(Self::io_err(&tmp, "writing a cache entry"))?;
         fs::rename(&tmp, &path).map_err(Self::io_err(&path, "publishing a cache entry"))?;
         Ok(path)
@@ -162,8 +179,15 @@ impl Cache {
     /// Fetches a small file (e.g. InRelease) into memory, uncached: its
     /// hash is not known in advance, and it must be fresh.
     pub fn get_bytes(&self, url: &str) -> Result<Vec<u8>> {
-        let http = |message: String| Error::Http { url: url.to_owned(), message };
-        let resp = self.agent.get(url).call().map_err(|e| http(e.to_string()))?;
+        let http = |message: String| Error::Http {
+            url: url.to_owned(),
+            message,
+        };
+        let resp = self
+            .agent
+            .get(url)
+            .call()
+            .map_err(|e| http(e.to_string()))?;
         let mut out = Vec::new();
         resp.into_body()
             .into_reader()
@@ -180,7 +204,10 @@ impl Cache {
         let mut missing = Vec::new();
         for (i, d) in downloads.iter().enumerate() {
             if !is_sha256(&d.sha256) {
-                return Err(Error::Http { url: d.url.clone(), message: format!("{:?} is not a sha256 hex digest", d.sha256) });
+                return Err(Error::Http {
+                    url: d.url.clone(),
+                    message: format!("{:?} is not a sha256 hex digest", d.sha256),
+                });
             }
             let hit = self.lookup(&d.sha256, d.size)?;
             if hit.is_none() {
@@ -197,22 +224,28 @@ impl Cache {
             let total: u64 = missing.iter().map(|&i| downloads[i].size).sum();
             let overall = multi.add(ProgressBar::new(total));
             overall.set_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             overall.set_message(format!("fetching {} files", missing.len()));
             let next = Mutex::new(missing.iter().copied());
             let results: Mutex<Vec<(usize, Result<PathBuf>)>> = Mutex::new(Vec::new());
             std::thread::scope(|s| {
                 for _ in 0..self.parallel.min(missing.len()) {
-                    s.spawn(|| loop {
-                        let Some(i) = next.lock().unwrap().next() else { break };
-                        let r = self.download(&downloads[i], &overall);
-                        let failed = r.is_err();
-                        results.lock().unwrap().push((i, r));
-                        if failed {
-                            break;
+                    s.spawn(|| {
+                        loop {
+                            let Some(i) = next.lock().unwrap().next() else {
+                                break;
+                            };
+                            let r = self.download(&downloads[i], &overall);
+                            let failed = r.is_err();
+                            results.lock().unwrap().push((i, r));
+                            if failed {
+                                break;
+                            }
                         }
                     });
                 }
@@ -227,7 +260,12 @@ impl Cache {
         paths
             .into_iter()
             .zip(downloads)
-            .map(|(p, d)| p.ok_or_else(|| Error::Http { url: d.url.clone(), message: "not fetched (an earlier download failed)".into() }))
+            .map(|(p, d)| {
+                p.ok_or_else(|| Error::Http {
+                    url: d.url.clone(),
+                    message: "not fetched (an earlier download failed)".into(),
+                })
+            })
             .collect()
     }
 
@@ -262,9 +300,18 @@ impl Cache {
             // Nothing of a bad download is kept: the next try starts afresh.
             let _ = fs::remove_file(&part);
             return Err(if len != d.size {
-                Error::SizeMismatch { url: d.url.clone(), expected: d.size, actual: len, sha256: actual }
+                Error::SizeMismatch {
+                    url: d.url.clone(),
+                    expected: d.size,
+                    actual: len,
+                    sha256: actual,
+                }
             } else {
-                Error::HashMismatch { url: d.url.clone(), expected: d.sha256.clone(), actual }
+                Error::HashMismatch {
+                    url: d.url.clone(),
+                    expected: d.sha256.clone(),
+                    actual,
+                }
             });
         }
         fs::rename(&part, &blob).map_err(Self::io_err(&blob, "publishing a download"))?;
@@ -273,10 +320,14 @@ impl Cache {
 
     /// One HTTP transfer into `part`, continuing a partial file with Range.
     fn transfer(&self, d: &Download, part: &Path, bar: &ProgressBar) -> Result<()> {
-        let http = |message: String| Error::Http { url: d.url.clone(), message };
+        let http = |message: String| Error::Http {
+            url: d.url.clone(),
+            message,
+        };
         let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         if have > d.size {
-            fs::remove_file(part).map_err(Self::io_err(part, "removing an oversized partial download"))?;
+            fs::remove_file(part)
+                .map_err(Self::io_err(part, "removing an oversized partial download"))?;
         }
         let have = if have > d.size { 0 } else { have };
         let mut req = self.agent.get(&d.url);
@@ -288,7 +339,10 @@ impl Cache {
             // The part is complete or wrong; start over.
             Err(ureq::Error::StatusCode(416)) => {
                 fs::remove_file(part).map_err(Self::io_err(part, "removing a partial download"))?;
-                self.agent.get(&d.url).call().map_err(|e| http(e.to_string()))?
+                self.agent
+                    .get(&d.url)
+                    .call()
+                    .map_err(|e| http(e.to_string()))?
             }
             Err(e) => return Err(http(e.to_string())),
         };
@@ -306,14 +360,18 @@ impl Cache {
         let mut body = resp.into_body().into_reader().take(limit);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = body.read(&mut buf).map_err(|e| http(format!("transfer interrupted: {e}")))?;
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| http(format!("transfer interrupted: {e}")))?;
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n]).map_err(Self::io_err(part, "writing a download"))?;
+            file.write_all(&buf[..n])
+                .map_err(Self::io_err(part, "writing a download"))?;
             bar.inc(n as u64);
         }
-        file.sync_all().map_err(Self::io_err(part, "writing a download"))?;
+        file.sync_all()
+            .map_err(Self::io_err(part, "writing a download"))?;
         Ok(())
     }
 }

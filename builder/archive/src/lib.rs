@@ -16,11 +16,11 @@ pub mod resolve;
 
 use std::path::PathBuf;
 
-pub use cache::{cache_dir, sha256_hex, Cache, Download, DEFAULT_PARALLEL};
-pub use lock::{fetch, lock, lock_with, recipe_sha256, FetchedPackage, Trust};
-pub use mirror::{resolve_mirror, resolve_mirror_from, Mirror, MirrorOrigin, MIRROR_ENV};
-pub use release::{verify_inrelease, Keyring, Release, ReleaseCheck};
-pub use resolve::{resolve, Universe};
+pub use cache::{Cache, DEFAULT_PARALLEL, Download, cache_dir, sha256_hex};
+pub use lock::{FetchedPackage, Trust, fetch, lock, lock_with, recipe_sha256};
+pub use mirror::{MIRROR_ENV, Mirror, MirrorOrigin, resolve_mirror, resolve_mirror_from};
+pub use release::{Keyring, Release, ReleaseCheck, verify_inrelease};
+pub use resolve::{Universe, resolve};
 
 /// Errors of the archive stage; each names the URL or path involved.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,11 @@ pub enum Error {
     )]
     NoMirror { detail: String },
     #[error("mirror {url:?} (from {origin}): {message}")]
-    BadMirror { url: String, origin: String, message: String },
+    BadMirror {
+        url: String,
+        origin: String,
+        message: String,
+    },
     #[error("{stage}: {path}: {source}")]
     Io {
         path: PathBuf,
@@ -46,8 +50,14 @@ pub enum Error {
     Release { url: String, message: String },
     #[error("GET {url}: {message}")]
     Http { url: String, message: String },
-    #[error("{url}: sha256 mismatch: expected {expected}, got {actual}; the download was discarded (mirror out of sync or tampered)")]
-    HashMismatch { url: String, expected: String, actual: String },
+    #[error(
+        "{url}: sha256 mismatch: expected {expected}, got {actual}; the download was discarded (mirror out of sync or tampered)"
+    )]
+    HashMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error(
         "{url}: size mismatch (truncated or wrong file): expected {expected} bytes, got {actual} (sha256 {sha256}); the download was discarded"
     )]

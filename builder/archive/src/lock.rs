@@ -11,13 +11,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use usmol_recipe::{Lock, LockedPackage, LockedRelease, Recipe, LOCK_VERSION};
+use usmol_recipe::{LOCK_VERSION, Lock, LockedPackage, LockedRelease, Recipe};
 
-use crate::cache::{sha256_hex, Cache, Download};
+use crate::cache::{Cache, Download, sha256_hex};
 use crate::mirror::Mirror;
-use crate::packages::{parse_packages, Package};
-use crate::release::{verify_inrelease, Keyring, Release, ReleaseCheck};
-use crate::resolve::{resolve, Universe};
+use crate::packages::{Package, parse_packages};
+use crate::release::{Keyring, Release, ReleaseCheck, verify_inrelease};
+use crate::resolve::{Universe, resolve};
 use crate::{Error, Result};
 
 /// What signatures are checked against, and the time used for expiry.
@@ -30,7 +30,10 @@ pub struct Trust {
 impl Trust {
     /// The vendored Debian keys and the current time.
     pub fn system() -> Result<Self> {
-        Ok(Trust { keyring: Keyring::vendored()?, now: DateTime::<Utc>::from(std::time::SystemTime::now()) })
+        Ok(Trust {
+            keyring: Keyring::vendored()?,
+            now: DateTime::<Utc>::from(std::time::SystemTime::now()),
+        })
     }
 }
 
@@ -54,8 +57,21 @@ pub fn recipe_sha256(recipe_path: &Path) -> Result<String> {
 /// Resolves the recipe anew against the mirror, with the vendored keys.
 /// `previous` is the lock being replaced: a Release older than the one it
 /// recorded is refused as a rollback.
-pub fn lock(recipe: &Recipe, recipe_path: &Path, mirror: &Mirror, cache: &Cache, previous: Option<&Lock>) -> Result<Lock> {
-    lock_with(recipe, recipe_path, mirror, cache, previous, &Trust::system()?)
+pub fn lock(
+    recipe: &Recipe,
+    recipe_path: &Path,
+    mirror: &Mirror,
+    cache: &Cache,
+    previous: Option<&Lock>,
+) -> Result<Lock> {
+    lock_with(
+        recipe,
+        recipe_path,
+        mirror,
+        cache,
+        previous,
+        &Trust::system()?,
+    )
 }
 
 /// [`lock`] with an explicit keyring and clock.
@@ -73,7 +89,13 @@ pub fn lock_with(
     let mut downloads = Vec::new();
     for suite in &dist.suites {
         let (release, locked) = fetch_release(suite, mirror, cache, previous, trust)?;
-        downloads.extend(index_downloads(suite, &release, mirror, &dist.components, &dist.architecture)?);
+        downloads.extend(index_downloads(
+            suite,
+            &release,
+            mirror,
+            &dist.components,
+            &dist.architecture,
+        )?);
         releases.push(locked);
     }
     let paths = cache.fetch_all(&downloads.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>())?;
@@ -99,7 +121,12 @@ pub fn lock_with(
         })
         .collect();
     packages.sort();
-    Ok(Lock { version: LOCK_VERSION, recipe_sha256, releases, packages })
+    Ok(Lock {
+        version: LOCK_VERSION,
+        recipe_sha256,
+        releases,
+        packages,
+    })
 }
 
 /// Fetches and verifies one suite's InRelease.
@@ -115,7 +142,11 @@ fn fetch_release(
     let previous_date = previous
         .and_then(|l| l.releases.iter().find(|r| r.suite == suite))
         .map(|r| r.date.as_str());
-    let check = ReleaseCheck { suite, now: trust.now, not_older_than: previous_date };
+    let check = ReleaseCheck {
+        suite,
+        now: trust.now,
+        not_older_than: previous_date,
+    };
     let release = verify_inrelease(&url, &bytes, &trust.keyring, &check)?;
     let locked = LockedRelease {
         suite: suite.to_owned(),
@@ -151,7 +182,9 @@ fn index_downloads(
                 }
                 return Err(Error::Release {
                     url: mirror.join(&format!("dists/{suite}/InRelease")),
-                    message: format!("no SHA256 entry for {path}: check distribution.components and architecture"),
+                    message: format!(
+                        "no SHA256 entry for {path}: check distribution.components and architecture"
+                    ),
                 });
             };
             let rel = if release.acquire_by_hash {
@@ -159,7 +192,14 @@ fn index_downloads(
             } else {
                 format!("dists/{suite}/{path}")
             };
-            out.push((suite.to_owned(), Download { url: mirror.join(&rel), sha256: sha256.clone(), size: *size }));
+            out.push((
+                suite.to_owned(),
+                Download {
+                    url: mirror.join(&rel),
+                    sha256: sha256.clone(),
+                    size: *size,
+                },
+            ));
         }
     }
     Ok(out)
@@ -174,7 +214,10 @@ fn decompress_xz(path: &Path, url: &str) -> Result<String> {
     let mut text = String::new();
     liblzma::read::XzDecoder::new(std::io::BufReader::new(file))
         .read_to_string(&mut text)
-        .map_err(|e| Error::Index { url: url.to_owned(), message: format!("cannot decompress xz: {e}") })?;
+        .map_err(|e| Error::Index {
+            url: url.to_owned(),
+            message: format!("cannot decompress xz: {e}"),
+        })?;
     Ok(text)
 }
 
@@ -184,7 +227,11 @@ pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache) -> Result<Vec<FetchedP
     let downloads: Vec<Download> = lock
         .packages
         .iter()
-        .map(|p| Download { url: mirror.join(&p.filename), sha256: p.sha256.clone(), size: p.size })
+        .map(|p| Download {
+            url: mirror.join(&p.filename),
+            sha256: p.sha256.clone(),
+            size: p.size,
+        })
         .collect();
     let paths = cache.fetch_all(&downloads)?;
     Ok(lock

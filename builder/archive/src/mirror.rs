@@ -51,14 +51,19 @@ impl Mirror {
     /// A mirror from a URL, validated: only http and https are fetched.
     pub fn new(url: &str, origin: MirrorOrigin) -> Result<Self> {
         let url = url.trim().trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.contains(char::is_whitespace)
+        {
             return Err(Error::BadMirror {
                 url: url.to_owned(),
                 origin: origin.to_string(),
                 message: "a mirror must be an http:// or https:// URL of the directory holding dists/ and pool/".into(),
             });
         }
-        Ok(Mirror { url: url.to_owned(), origin })
+        Ok(Mirror {
+            url: url.to_owned(),
+            origin,
+        })
     }
 
     /// The URL of a path below the mirror root, e.g. `dists/trixie/InRelease`.
@@ -118,10 +123,34 @@ pub struct AptSource {
 /// Debian's release names and aliases; a source whose suites are all outside
 /// this list (`nodistro`, `cloud-sdk-bookworm`...) is some other vendor's.
 const DEBIAN_SUITES: &[&str] = &[
-    "sid", "unstable", "experimental", "rc-buggy", "testing", "stable", "oldstable",
-    "oldoldstable", "buzz", "rex", "bo", "hamm", "slink", "potato", "woody", "sarge", "etch",
-    "lenny", "squeeze", "wheezy", "jessie", "stretch", "buster", "bullseye", "bookworm",
-    "trixie", "forky", "duke",
+    "sid",
+    "unstable",
+    "experimental",
+    "rc-buggy",
+    "testing",
+    "stable",
+    "oldstable",
+    "oldoldstable",
+    "buzz",
+    "rex",
+    "bo",
+    "hamm",
+    "slink",
+    "potato",
+    "woody",
+    "sarge",
+    "etch",
+    "lenny",
+    "squeeze",
+    "wheezy",
+    "jessie",
+    "stretch",
+    "buster",
+    "bullseye",
+    "bookworm",
+    "trixie",
+    "forky",
+    "duke",
 ];
 
 impl AptSource {
@@ -129,7 +158,10 @@ impl AptSource {
     /// that is not the security archive, which holds only a few packages.
     pub fn is_debian_archive(&self) -> bool {
         let security = self.uri.contains("security")
-            || self.suites.iter().any(|s| s.ends_with("-security") || s.ends_with("/updates"));
+            || self
+                .suites
+                .iter()
+                .any(|s| s.ends_with("-security") || s.ends_with("/updates"));
         let debian_suite = self.suites.iter().any(|s| {
             let base = s.split(['-', '/']).next().unwrap_or(s);
             DEBIAN_SUITES.contains(&base)
@@ -151,7 +183,12 @@ fn read_apt_sources(apt_dir: &Path) -> Result<Vec<(PathBuf, Vec<AptSource>)>> {
         let mut names: Vec<PathBuf> = read_dir
             .filter_map(|e| e.ok().map(|e| e.path()))
             // Only these two suffixes count: apt ignores `*.disabled` and friends.
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("list" | "sources")))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("list" | "sources")
+                )
+            })
             .collect();
         names.sort();
         files.extend(names);
@@ -178,7 +215,10 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let mut rest = rest.trim_start();
@@ -211,12 +251,18 @@ pub fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
     for stanza in crate::deb822::parse(&cleaned) {
         let words = |field: &str| -> Vec<String> {
-            stanza.get(field).map(|v| v.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
+            stanza
+                .get(field)
+                .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
         };
         if !words("Types").iter().any(|t| t == "deb") {
             continue;
         }
-        if stanza.get("Enabled").is_some_and(|v| v.trim().eq_ignore_ascii_case("no")) {
+        if stanza
+            .get("Enabled")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("no"))
+        {
             continue;
         }
         for uri in words("URIs") {
@@ -320,15 +366,30 @@ Components: main
     fn order_is_flag_env_recipe_apt() {
         let dir = apt_dir(&[("sources.list.d/debian.sources", SOURCES)]);
         let r = recipe(Some("http://recipe.test/debian"));
-        let m = resolve_mirror_from(Some("http://flag.test/debian/"), Some("http://env.test/debian"), &r, &dir).unwrap();
-        assert_eq!((m.url.as_str(), m.origin), ("http://flag.test/debian", MirrorOrigin::Flag));
+        let m = resolve_mirror_from(
+            Some("http://flag.test/debian/"),
+            Some("http://env.test/debian"),
+            &r,
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.url.as_str(), m.origin),
+            ("http://flag.test/debian", MirrorOrigin::Flag)
+        );
         let m = resolve_mirror_from(None, Some("http://env.test/debian"), &r, &dir).unwrap();
         assert_eq!(m.origin, MirrorOrigin::Env);
         let m = resolve_mirror_from(None, None, &r, &dir).unwrap();
-        assert_eq!((m.url.as_str(), m.origin), ("http://recipe.test/debian", MirrorOrigin::Recipe));
+        assert_eq!(
+            (m.url.as_str(), m.origin),
+            ("http://recipe.test/debian", MirrorOrigin::Recipe)
+        );
         let m = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap();
         assert_eq!(m.url, "http://mirror.test/debian");
-        assert_eq!(m.origin, MirrorOrigin::AptSources(dir.join("sources.list.d/debian.sources")));
+        assert_eq!(
+            m.origin,
+            MirrorOrigin::AptSources(dir.join("sources.list.d/debian.sources"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -336,10 +397,18 @@ Components: main
     fn disabled_files_are_ignored_and_missing_mirror_names_the_settings() {
         let dir = apt_dir(&[
             ("sources.list.d/debian.sources.disabled", SOURCES),
-            ("sources.list.d/vendor.list", "deb https://vendor.test/apt cloud-sdk-bookworm main\n"),
+            (
+                "sources.list.d/vendor.list",
+                "deb https://vendor.test/apt cloud-sdk-bookworm main\n",
+            ),
         ]);
-        let msg = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap_err().to_string();
-        assert!(msg.contains("--mirror") && msg.contains("USMOL_MIRROR"), "{msg}");
+        let msg = resolve_mirror_from(None, None, &recipe(None), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("--mirror") && msg.contains("USMOL_MIRROR"),
+            "{msg}"
+        );
         assert!(msg.contains("vendor.list"), "{msg}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -348,7 +417,10 @@ Components: main
     fn sources_list_comes_before_sources_list_d() {
         let dir = apt_dir(&[
             ("sources.list", "deb http://first.test/debian trixie main\n"),
-            ("sources.list.d/a.list", "deb http://second.test/debian trixie main\n"),
+            (
+                "sources.list.d/a.list",
+                "deb http://second.test/debian trixie main\n",
+            ),
         ]);
         let m = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap();
         assert_eq!(m.url, "http://first.test/debian");
@@ -357,7 +429,13 @@ Components: main
 
     #[test]
     fn non_http_mirror_is_refused() {
-        let err = resolve_mirror_from(Some("ftp://x.test/debian"), None, &recipe(None), Path::new("/nonexistent")).unwrap_err();
+        let err = resolve_mirror_from(
+            Some("ftp://x.test/debian"),
+            None,
+            &recipe(None),
+            Path::new("/nonexistent"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--mirror"), "{err}");
     }
 }

@@ -78,11 +78,16 @@ pub type Alternatives = Vec<Relation>;
 
 /// Displays alternatives as written in a control file.
 pub fn display_alternatives(alts: &[Relation]) -> String {
-    alts.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" | ")
+    alts.iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn parse_version(s: &str) -> std::result::Result<Version, String> {
-    s.trim().parse::<Version>().map_err(|e| format!("bad version {s:?}: {e:?}"))
+    s.trim()
+        .parse::<Version>()
+        .map_err(|e| format!("bad version {s:?}: {e:?}"))
 }
 
 /// Parses one relation, e.g. `libc6 (>= 2.34)` or `python3:any`.
@@ -90,11 +95,20 @@ pub fn parse_relation(text: &str) -> std::result::Result<Relation, String> {
     let text = text.trim();
     let (head, constraint) = match text.find('(') {
         Some(open) => {
-            let close = text[open..].find(')').ok_or_else(|| format!("unclosed '(' in {text:?}"))? + open;
+            let close = text[open..]
+                .find(')')
+                .ok_or_else(|| format!("unclosed '(' in {text:?}"))?
+                + open;
             let inner = text[open + 1..close].trim();
-            let split = inner.find(|c: char| !matches!(c, '<' | '>' | '=')).unwrap_or(inner.len());
-            let op = Op::parse(inner[..split].trim()).ok_or_else(|| format!("bad operator in {text:?}"))?;
-            (text[..open].trim(), Some((op, parse_version(&inner[split..])?)))
+            let split = inner
+                .find(|c: char| !matches!(c, '<' | '>' | '='))
+                .unwrap_or(inner.len());
+            let op = Op::parse(inner[..split].trim())
+                .ok_or_else(|| format!("bad operator in {text:?}"))?;
+            (
+                text[..open].trim(),
+                Some((op, parse_version(&inner[split..])?)),
+            )
         }
         // Arch restrictions `[...]` and build profiles `<...>` only occur in
         // source relations; they are cut off here if present.
@@ -107,7 +121,11 @@ pub fn parse_relation(text: &str) -> std::result::Result<Relation, String> {
     if name.is_empty() {
         return Err(format!("empty package name in {text:?}"));
     }
-    Ok(Relation { name: name.to_owned(), arch, constraint })
+    Ok(Relation {
+        name: name.to_owned(),
+        arch,
+        constraint,
+    })
 }
 
 /// Parses a comma-separated list of `|` alternatives.
@@ -149,15 +167,21 @@ pub struct Package {
 pub fn parse_packages(url: &str, suite: &str, text: &str) -> Result<Vec<Package>> {
     let mut out = Vec::new();
     for stanza in crate::deb822::parse(text) {
-        let err = |message: String| Error::Index { url: url.to_owned(), message };
-        let name = stanza.get("Package").ok_or_else(|| err("stanza without Package field".into()))?;
+        let err = |message: String| Error::Index {
+            url: url.to_owned(),
+            message,
+        };
+        let name = stanza
+            .get("Package")
+            .ok_or_else(|| err("stanza without Package field".into()))?;
         let need = |field: &str| {
             stanza
                 .get(field)
                 .ok_or_else(|| err(format!("package {name}: no {field} field")))
         };
         let version_raw = need("Version")?;
-        let version = parse_version(version_raw).map_err(|m| err(format!("package {name}: {m}")))?;
+        let version =
+            parse_version(version_raw).map_err(|m| err(format!("package {name}: {m}")))?;
         let (source, source_version) = match stanza.get("Source") {
             Some(s) => match s.split_once('(') {
                 Some((n, v)) => (n.trim(), v.trim_end_matches(')').trim()),
@@ -176,7 +200,12 @@ pub fn parse_packages(url: &str, suite: &str, text: &str) -> Result<Vec<Package>
         let provides = relations("Provides")?
             .into_iter()
             .flatten()
-            .map(|r| (r.name, r.constraint.filter(|(op, _)| *op == Op::Eq).map(|(_, v)| v)))
+            .map(|r| {
+                (
+                    r.name,
+                    r.constraint.filter(|(op, _)| *op == Op::Eq).map(|(_, v)| v),
+                )
+            })
             .collect();
         out.push(Package {
             name: name.to_owned(),
@@ -228,11 +257,19 @@ mod tests {
         let text = "Package: libfoo1\nSource: foo (1.0-1)\nVersion: 1.0-1+b1\nArchitecture: amd64\n\
 Provides: libfoo (= 1.0), foo-virtual\nDepends: libc6 (>= 2.34)\nFilename: pool/main/f/foo/libfoo1.deb\nSize: 10\nSHA256: AB\n";
         let p = &parse_packages("u", "trixie", text).unwrap()[0];
-        assert_eq!((p.source.as_str(), p.source_version.as_str()), ("foo", "1.0-1"));
+        assert_eq!(
+            (p.source.as_str(), p.source_version.as_str()),
+            ("foo", "1.0-1")
+        );
         assert_eq!(p.provides[0].1.as_ref().unwrap().to_string(), "1.0");
         assert_eq!(p.provides[1], ("foo-virtual".to_owned(), None));
         assert_eq!(p.sha256, "ab");
         let bad = text.replace("Size: 10\n", "");
-        assert!(parse_packages("u", "trixie", &bad).unwrap_err().to_string().contains("no Size"));
+        assert!(
+            parse_packages("u", "trixie", &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("no Size")
+        );
     }
 }

@@ -16,10 +16,22 @@ use crate::{Error, Result};
 /// The Debian archive keys shipped with the source tree (see
 /// `vendor-keys/README.md` for where they come from and how to refresh them).
 const VENDORED: &[(&str, &str)] = &[
-    ("debian-archive-trixie-automatic.asc", include_str!("../../../vendor-keys/debian-archive-trixie-automatic.asc")),
-    ("debian-archive-trixie-stable.asc", include_str!("../../../vendor-keys/debian-archive-trixie-stable.asc")),
-    ("debian-archive-bookworm-automatic.asc", include_str!("../../../vendor-keys/debian-archive-bookworm-automatic.asc")),
-    ("debian-archive-bookworm-stable.asc", include_str!("../../../vendor-keys/debian-archive-bookworm-stable.asc")),
+    (
+        "debian-archive-trixie-automatic.asc",
+        include_str!("../../../vendor-keys/debian-archive-trixie-automatic.asc"),
+    ),
+    (
+        "debian-archive-trixie-stable.asc",
+        include_str!("../../../vendor-keys/debian-archive-trixie-stable.asc"),
+    ),
+    (
+        "debian-archive-bookworm-automatic.asc",
+        include_str!("../../../vendor-keys/debian-archive-bookworm-automatic.asc"),
+    ),
+    (
+        "debian-archive-bookworm-stable.asc",
+        include_str!("../../../vendor-keys/debian-archive-bookworm-stable.asc"),
+    ),
 ];
 
 /// One key (primary or signing subkey) that may sign a Release.
@@ -41,8 +53,13 @@ enum KeyMaterial {
 
 /// Whether a signature names `fingerprint` (or its key ID) as its issuer.
 fn issued_by(sig: &pgp::packet::Signature, fingerprint: &str) -> bool {
-    sig.issuer_fingerprint().iter().any(|f| hex::encode_upper(f.as_bytes()) == fingerprint)
-        || sig.issuer_key_id().iter().any(|k| fingerprint.ends_with(&hex::encode_upper(k.as_ref())))
+    sig.issuer_fingerprint()
+        .iter()
+        .any(|f| hex::encode_upper(f.as_bytes()) == fingerprint)
+        || sig
+            .issuer_key_id()
+            .iter()
+            .any(|k| fingerprint.ends_with(&hex::encode_upper(k.as_ref())))
 }
 
 /// The set of keys an InRelease may be signed with.
@@ -63,7 +80,10 @@ impl Keyring {
     pub fn from_armored(certs: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
         let mut keys = Vec::new();
         for (name, text) in certs {
-            let key_err = |message: String| Error::Key { name: name.clone(), message };
+            let key_err = |message: String| Error::Key {
+                name: name.clone(),
+                message,
+            };
             let (iter, _) = SignedPublicKey::from_armor_many(text.as_bytes())
                 .map_err(|e| key_err(format!("not an armoured OpenPGP certificate: {e}")))?;
             for cert in iter {
@@ -78,11 +98,16 @@ impl Keyring {
                     .iter()
                     .flat_map(|u| u.signatures.iter().map(move |s| (u, s)))
                     .filter(|(_, s)| issued_by(s, &primary_fp))
-                    .filter(|(u, s)| s.verify_certification(primary, pgp::types::Tag::UserId, &u.id).is_ok())
+                    .filter(|(u, s)| {
+                        s.verify_certification(primary, pgp::types::Tag::UserId, &u.id)
+                            .is_ok()
+                    })
                     .map(|(_, s)| s)
                     .collect();
                 if self_sigs.is_empty() {
-                    return Err(key_err(format!("key {primary_fp} has no valid self-signature")));
+                    return Err(key_err(format!(
+                        "key {primary_fp} has no valid self-signature"
+                    )));
                 }
                 for sub in &cert.public_subkeys {
                     sub.verify_bindings(primary)
@@ -120,7 +145,10 @@ impl Keyring {
             }
         }
         if keys.is_empty() {
-            return Err(Error::Key { name: "keyring".into(), message: "no keys loaded".into() });
+            return Err(Error::Key {
+                name: "keyring".into(),
+                message: "no keys loaded".into(),
+            });
         }
         Ok(Keyring { keys })
     }
@@ -132,8 +160,16 @@ impl Keyring {
 
     /// Verifies a cleartext-signed message and returns the signed text (LF
     /// line endings) and the fingerprint of the key that verified it.
-    pub fn verify_cleartext(&self, url: &str, bytes: &[u8], now: DateTime<Utc>) -> Result<(String, String)> {
-        let sig_err = |message: String| Error::Signature { url: url.to_owned(), message };
+    pub fn verify_cleartext(
+        &self,
+        url: &str,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(String, String)> {
+        let sig_err = |message: String| Error::Signature {
+            url: url.to_owned(),
+            message,
+        };
         let text = std::str::from_utf8(bytes).map_err(|_| sig_err("not UTF-8 text".into()))?;
         let (msg, _) = CleartextSignedMessage::from_string(text)
             .map_err(|e| sig_err(format!("not a cleartext-signed OpenPGP message: {e}")))?;
@@ -145,7 +181,11 @@ impl Keyring {
                 .issuer_fingerprint()
                 .iter()
                 .map(|f| hex::encode_upper(f.as_bytes()))
-                .chain(sig.issuer_key_id().iter().map(|k| hex::encode_upper(k.as_ref())))
+                .chain(
+                    sig.issuer_key_id()
+                        .iter()
+                        .map(|k| hex::encode_upper(k.as_ref())),
+                )
                 .collect();
             for key in &self.keys {
                 if !ids.is_empty() && !ids.iter().any(|id| key.fingerprint.ends_with(id.as_str())) {
@@ -172,7 +212,11 @@ impl Keyring {
                 expired.join(", ")
             )));
         }
-        let known = issuers.iter().any(|id| self.keys.iter().any(|k| k.fingerprint.ends_with(id.as_str())));
+        let known = issuers.iter().any(|id| {
+            self.keys
+                .iter()
+                .any(|k| k.fingerprint.ends_with(id.as_str()))
+        });
         if known {
             Err(sig_err(format!(
                 "BAD signature: no signature verifies against the trusted keys (issuers {}); the file was altered or corrupted",
@@ -181,7 +225,11 @@ impl Keyring {
         } else {
             Err(sig_err(format!(
                 "signed by unknown key(s) {}; trusted keys are {} (see vendor-keys/README.md)",
-                if issuers.is_empty() { "(no issuer)".to_owned() } else { issuers.join(", ") },
+                if issuers.is_empty() {
+                    "(no issuer)".to_owned()
+                } else {
+                    issuers.join(", ")
+                },
                 self.fingerprints().join(", ")
             )))
         }
@@ -211,33 +259,48 @@ pub struct Release {
 /// 09:15:44 UTC"); `UTC` is accepted as a zone name, as apt does.
 pub fn parse_date(value: &str) -> Option<DateTime<Utc>> {
     let v = value.trim();
-    let v = v.strip_suffix(" UTC").map(|s| format!("{s} +0000")).unwrap_or_else(|| v.to_owned());
-    DateTime::parse_from_rfc2822(&v).ok().map(|d| d.with_timezone(&Utc))
+    let v = v
+        .strip_suffix(" UTC")
+        .map(|s| format!("{s} +0000"))
+        .unwrap_or_else(|| v.to_owned());
+    DateTime::parse_from_rfc2822(&v)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
 }
 
 impl Release {
     /// Parses the signed text of a Release; `url` names it in errors.
     pub fn parse(url: &str, text: &str) -> Result<Self> {
-        let err = |message: String| Error::Release { url: url.to_owned(), message };
+        let err = |message: String| Error::Release {
+            url: url.to_owned(),
+            message,
+        };
         let stanzas = crate::deb822::parse(text);
         let s = stanzas.first().ok_or_else(|| err("empty Release".into()))?;
         let field = |name: &str| s.get(name).map(str::to_owned);
         let date_raw = field("Date").ok_or_else(|| err("no Date field".into()))?;
-        let date = parse_date(&date_raw).ok_or_else(|| err(format!("unparsable Date {date_raw:?}")))?;
+        let date =
+            parse_date(&date_raw).ok_or_else(|| err(format!("unparsable Date {date_raw:?}")))?;
         let valid_until = match s.get("Valid-Until") {
-            Some(v) => Some(parse_date(v).ok_or_else(|| err(format!("unparsable Valid-Until {v:?}")))?),
+            Some(v) => {
+                Some(parse_date(v).ok_or_else(|| err(format!("unparsable Valid-Until {v:?}")))?)
+            }
             None => None,
         };
         let mut sha256 = BTreeMap::new();
         for line in s.get("SHA256").unwrap_or("").lines() {
             let mut w = line.split_whitespace();
             if let (Some(hash), Some(size), Some(path)) = (w.next(), w.next(), w.next()) {
-                let size = size.parse().map_err(|_| err(format!("bad size in SHA256 line {line:?}")))?;
+                let size = size
+                    .parse()
+                    .map_err(|_| err(format!("bad size in SHA256 line {line:?}")))?;
                 sha256.insert(path.to_owned(), (size, hash.to_ascii_lowercase()));
             }
         }
         let words = |name: &str| -> Vec<String> {
-            s.get(name).map(|v| v.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
+            s.get(name)
+                .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
         };
         Ok(Release {
             suite: field("Suite").unwrap_or_default(),
@@ -245,7 +308,9 @@ impl Release {
             date_raw,
             date,
             valid_until,
-            acquire_by_hash: s.get("Acquire-By-Hash").is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+            acquire_by_hash: s
+                .get("Acquire-By-Hash")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
             arch_all_in_arch_indexes: s
                 .get("No-Support-for-Architecture-all")
                 .is_some_and(|v| v.split_whitespace().any(|w| w == "Packages")),
@@ -269,27 +334,37 @@ pub struct ReleaseCheck<'a> {
 
 /// Verifies an InRelease and parses it: signature, suite, freshness
 /// (`Valid-Until`) and rollback (`Date` older than the lock's).
-pub fn verify_inrelease(url: &str, bytes: &[u8], keyring: &Keyring, check: &ReleaseCheck<'_>) -> Result<Release> {
+pub fn verify_inrelease(
+    url: &str,
+    bytes: &[u8],
+    keyring: &Keyring,
+    check: &ReleaseCheck<'_>,
+) -> Result<Release> {
     let (text, _fingerprint) = keyring.verify_cleartext(url, bytes, check.now)?;
     let release = Release::parse(url, &text)?;
-    let err = |message: String| Error::Release { url: url.to_owned(), message };
+    let err = |message: String| Error::Release {
+        url: url.to_owned(),
+        message,
+    };
     if release.suite != check.suite && release.codename != check.suite {
         return Err(err(format!(
             "asked for suite {:?} but the Release is Suite {:?} / Codename {:?}",
             check.suite, release.suite, release.codename
         )));
     }
-    if let Some(until) = release.valid_until {
-        if until < check.now {
-            return Err(err(format!(
-                "expired: Valid-Until {} is before now ({}); the mirror is stale or replaying an old Release",
-                until.to_rfc2822(),
-                check.now.to_rfc2822()
-            )));
-        }
+    if let Some(until) = release.valid_until.filter(|until| *until < check.now) {
+        return Err(err(format!(
+            "expired: Valid-Until {} is before now ({}); the mirror is stale or replaying an old Release",
+            until.to_rfc2822(),
+            check.now.to_rfc2822()
+        )));
     }
     if let Some(previous) = check.not_older_than {
-        let previous_date = parse_date(previous).ok_or_else(|| err(format!("the lock's release date {previous:?} is unparsable")))?;
+        let previous_date = parse_date(previous).ok_or_else(|| {
+            err(format!(
+                "the lock's release date {previous:?} is unparsable"
+            ))
+        })?;
         if release.date < previous_date {
             return Err(err(format!(
                 "rollback: Date {:?} is older than {previous:?} recorded in the lock; refusing an older archive state",
@@ -334,10 +409,16 @@ mod tests {
 Valid-Until: Sat, 28 Nov 2026 09:15:44 UTC\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n\
 Architectures: all amd64\nComponents: main contrib\nSHA256:\n 0a0b 12 main/binary-amd64/Packages.xz\n ffff 0 main/binary-all/Packages\n";
         let r = Release::parse("u", text).unwrap();
-        assert_eq!((r.suite.as_str(), r.codename.as_str()), ("stable", "trixie"));
+        assert_eq!(
+            (r.suite.as_str(), r.codename.as_str()),
+            ("stable", "trixie")
+        );
         assert!(r.acquire_by_hash && r.arch_all_in_arch_indexes);
         assert!(r.valid_until.is_some());
-        assert_eq!(r.sha256["main/binary-amd64/Packages.xz"], (12, "0a0b".to_owned()));
+        assert_eq!(
+            r.sha256["main/binary-amd64/Packages.xz"],
+            (12, "0a0b".to_owned())
+        );
         assert_eq!(r.components, ["main", "contrib"]);
     }
 }

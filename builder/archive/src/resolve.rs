@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use usmol_recipe::Recipe;
 
-use crate::packages::{display_alternatives, parse_relation, Alternatives, Package, Relation};
+use crate::packages::{Alternatives, Package, Relation, display_alternatives, parse_relation};
 use crate::{Error, Result};
 
 /// All packages of the recipe's suites, indexed by name and by provided name.
@@ -46,7 +46,13 @@ impl Universe {
                 providers.entry(v.clone()).or_default().push(i);
             }
         }
-        Universe { packages, by_name, providers, suites: suites.to_vec(), arch: arch.to_owned() }
+        Universe {
+            packages,
+            by_name,
+            providers,
+            suites: suites.to_vec(),
+            arch: arch.to_owned(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +64,10 @@ impl Universe {
     }
 
     fn suite_rank(&self, suite: &str) -> usize {
-        self.suites.iter().position(|s| s == suite).unwrap_or(usize::MAX)
+        self.suites
+            .iter()
+            .position(|s| s == suite)
+            .unwrap_or(usize::MAX)
     }
 
     /// Whether an architecture qualifier can be met by this single-arch set.
@@ -95,7 +104,12 @@ impl Universe {
         let mut c: Vec<usize> = self
             .by_name
             .get(&rel.name)
-            .map(|v| v.iter().copied().filter(|&i| self.version_ok(i, rel)).collect())
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|&i| self.version_ok(i, rel))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(suite) = pin.get(&rel.name) {
             c.retain(|&i| &self.packages[i].suite == suite);
@@ -114,9 +128,17 @@ impl Universe {
         let mut c: Vec<usize> = self
             .providers
             .get(&rel.name)
-            .map(|v| v.iter().copied().filter(|&i| self.provides_ok(i, rel)).collect())
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|&i| self.provides_ok(i, rel))
+                    .collect()
+            })
             .unwrap_or_default();
-        c.retain(|&i| pin.get(&self.packages[i].name).is_none_or(|s| &self.packages[i].suite == s));
+        c.retain(|&i| {
+            pin.get(&self.packages[i].name)
+                .is_none_or(|s| &self.packages[i].suite == s)
+        });
         c.sort_by(|&a, &b| {
             let (pa, pb) = (&self.packages[a], &self.packages[b]);
             self.suite_rank(&pa.suite)
@@ -151,12 +173,16 @@ impl State<'_> {
         if !self.u.arch_ok(rel) {
             return false;
         }
-        if let Some((i, _)) = self.selected.get(&rel.name) {
-            if self.u.version_ok(*i, rel) {
-                return true;
-            }
+        if self
+            .selected
+            .get(&rel.name)
+            .is_some_and(|(i, _)| self.u.version_ok(*i, rel))
+        {
+            return true;
         }
-        self.selected.values().any(|(i, _)| self.u.provides_ok(*i, rel))
+        self.selected
+            .values()
+            .any(|(i, _)| self.u.provides_ok(*i, rel))
     }
 
     /// Candidate packages for a requirement, in preference order.
@@ -164,7 +190,12 @@ impl State<'_> {
         let pin = &self.recipe.distribution.pin;
         let mut options = Vec::new();
         for rel in alts.iter().filter(|r| self.u.arch_ok(r)) {
-            for i in self.u.real_candidates(rel, pin).into_iter().chain(self.u.provider_candidates(rel, pin)) {
+            for i in self
+                .u
+                .real_candidates(rel, pin)
+                .into_iter()
+                .chain(self.u.provider_candidates(rel, pin))
+            {
                 let name = &self.u.packages[i].name;
                 // Another version of an already chosen package cannot join the set.
                 let clash = self.selected.get(name).is_some_and(|(s, _)| *s != i);
@@ -174,7 +205,10 @@ impl State<'_> {
             }
         }
         for preferred in &self.recipe.packages.prefer {
-            if let Some(&i) = options.iter().find(|&&i| &self.u.packages[i].name == preferred) {
+            if let Some(&i) = options
+                .iter()
+                .find(|&&i| &self.u.packages[i].name == preferred)
+            {
                 return vec![i];
             }
         }
@@ -203,23 +237,39 @@ impl State<'_> {
             let mut have: Vec<String> = real
                 .into_iter()
                 .flatten()
-                .map(|&i| format!("{} in {}", self.u.packages[i].version_raw, self.u.packages[i].suite))
+                .map(|&i| {
+                    format!(
+                        "{} in {}",
+                        self.u.packages[i].version_raw, self.u.packages[i].suite
+                    )
+                })
                 .collect();
             have.extend(provided.into_iter().flatten().map(|&i| {
-                format!("provided by {} {}", self.u.packages[i].name, self.u.packages[i].version_raw)
+                format!(
+                    "provided by {} {}",
+                    self.u.packages[i].name, self.u.packages[i].version_raw
+                )
             }));
             if let Some((i, chain)) = self.selected.get(&rel.name) {
                 have.push(format!(
                     "{} {} already chosen for {}",
                     rel.name,
                     self.u.packages[*i].version_raw,
-                    if chain.is_empty() { "the recipe".to_owned() } else { chain.join(" -> ") }
+                    if chain.is_empty() {
+                        "the recipe".to_owned()
+                    } else {
+                        chain.join(" -> ")
+                    }
                 ));
             }
             if let Some(suite) = self.recipe.distribution.pin.get(&rel.name) {
                 have.push(format!("pinned to {suite}"));
             }
-            reasons.push(format!("no version of {} satisfies it (have: {})", rel.name, have.join("; ")));
+            reasons.push(format!(
+                "no version of {} satisfies it (have: {})",
+                rel.name,
+                have.join("; ")
+            ));
         }
         reasons.join("; ")
     }
@@ -244,7 +294,10 @@ impl State<'_> {
                 None => {
                     let mut path = chain.clone();
                     path.push(display_alternatives(&alts));
-                    return Err(Error::Resolve { chain: path.join(" -> "), reason: self.explain(&alts) });
+                    return Err(Error::Resolve {
+                        chain: path.join(" -> "),
+                        reason: self.explain(&alts),
+                    });
                 }
             }
         }
@@ -255,13 +308,22 @@ impl State<'_> {
 /// Resolves the recipe's `packages` against `universe`; the result is
 /// sorted by name.
 pub fn resolve(universe: &Universe, recipe: &Recipe) -> Result<Vec<Package>> {
-    let mut state = State { u: universe, recipe, selected: BTreeMap::new(), queue: VecDeque::new() };
+    let mut state = State {
+        u: universe,
+        recipe,
+        selected: BTreeMap::new(),
+        queue: VecDeque::new(),
+    };
     for name in &recipe.packages.include {
-        let rel = parse_relation(name).map_err(|reason| Error::Resolve { chain: name.clone(), reason })?;
+        let rel = parse_relation(name).map_err(|reason| Error::Resolve {
+            chain: name.clone(),
+            reason,
+        })?;
         if state.excluded(&rel.name) {
             return Err(Error::Resolve {
                 chain: name.clone(),
-                reason: "it is both in packages.include and packages.exclude; remove it from one".into(),
+                reason: "it is both in packages.include and packages.exclude; remove it from one"
+                    .into(),
             });
         }
         state.queue.push_back((vec![rel], Vec::new()));
@@ -275,12 +337,22 @@ pub fn resolve(universe: &Universe, recipe: &Recipe) -> Result<Vec<Package>> {
             .collect();
         names.sort();
         for name in names {
-            let rel = Relation { name: name.clone(), arch: None, constraint: None };
-            state.queue.push_back((vec![rel], vec!["(essential)".to_owned()]));
+            let rel = Relation {
+                name: name.clone(),
+                arch: None,
+                constraint: None,
+            };
+            state
+                .queue
+                .push_back((vec![rel], vec!["(essential)".to_owned()]));
         }
     }
     state.run()?;
-    Ok(state.selected.into_values().map(|(i, _)| universe.packages[i].clone()).collect())
+    Ok(state
+        .selected
+        .into_values()
+        .map(|(i, _)| universe.packages[i].clone())
+        .collect())
 }
 
 #[cfg(test)]
@@ -296,8 +368,14 @@ mod tests {
     }
 
     fn stanza(name: &str, version: &str, extra: &str) -> String {
-        let arch = if extra.contains("Architecture:") { "" } else { "Architecture: amd64\n" };
-        format!("Package: {name}\nVersion: {version}\n{arch}{extra}Filename: pool/{name}_{version}.deb\nSize: 1\nSHA256: 00\n\n")
+        let arch = if extra.contains("Architecture:") {
+            ""
+        } else {
+            "Architecture: amd64\n"
+        };
+        format!(
+            "Package: {name}\nVersion: {version}\n{arch}{extra}Filename: pool/{name}_{version}.deb\nSize: 1\nSHA256: 00\n\n"
+        )
     }
 
     fn recipe(packages: &str, pin: &str) -> Recipe {
@@ -308,13 +386,21 @@ mod tests {
     }
 
     fn names(u: &Universe, r: &Recipe) -> Vec<String> {
-        resolve(u, r).unwrap().iter().map(|p| format!("{}={}@{}", p.name, p.version_raw, p.suite)).collect()
+        resolve(u, r)
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}={}@{}", p.name, p.version_raw, p.suite))
+            .collect()
     }
 
     #[test]
     fn alternatives_virtuals_versions_and_prefer() {
         let t = [
-            stanza("app", "1", "Depends: missing | libb (>= 2), mail-transport-agent, libv (>= 3)\n"),
+            stanza(
+                "app",
+                "1",
+                "Depends: missing | libb (>= 2), mail-transport-agent, libv (>= 3)\n",
+            ),
             stanza("libb", "1", ""),
             stanza("libb", "2", "Pre-Depends: libc\n"),
             stanza("libc", "1", "Architecture: all\n"),
@@ -331,45 +417,91 @@ mod tests {
         let u = universe(&t, "");
         assert_eq!(
             names(&u, &recipe("include = [\"app\"]", "")),
-            ["app=1@trixie", "exim=1@trixie", "libb=2@trixie", "libc=1@trixie", "libv-impl=1@trixie"]
+            [
+                "app=1@trixie",
+                "exim=1@trixie",
+                "libb=2@trixie",
+                "libc=1@trixie",
+                "libv-impl=1@trixie"
+            ]
         );
-        let preferred = names(&u, &recipe("include = [\"app\"]\nprefer = [\"postfix\"]", ""));
-        assert!(preferred.contains(&"postfix=1@trixie".to_owned()) && !preferred.iter().any(|p| p.starts_with("exim")));
-        let err = resolve(&u, &recipe("include = [\"other\"]", "")).unwrap_err().to_string();
+        let preferred = names(
+            &u,
+            &recipe("include = [\"app\"]\nprefer = [\"postfix\"]", ""),
+        );
+        assert!(
+            preferred.contains(&"postfix=1@trixie".to_owned())
+                && !preferred.iter().any(|p| p.starts_with("exim"))
+        );
+        let err = resolve(&u, &recipe("include = [\"other\"]", ""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("other is not in suites"), "{err}");
         // Among providers, the higher Priority wins over the name order.
-        assert_eq!(names(&u, &recipe("include = [\"awk\"]", "")), ["mawk=1@trixie"]);
+        assert_eq!(
+            names(&u, &recipe("include = [\"awk\"]", "")),
+            ["mawk=1@trixie"]
+        );
     }
 
     #[test]
     fn suite_order_pin_and_backport_deps() {
-        let t = [stanza("tool", "1", "Depends: lib\n"), stanza("lib", "1", "")].concat();
-        let b = [stanza("tool", "2", "Depends: lib (>= 1)\n"), stanza("lib", "2", "")].concat();
+        let t = [
+            stanza("tool", "1", "Depends: lib\n"),
+            stanza("lib", "1", ""),
+        ]
+        .concat();
+        let b = [
+            stanza("tool", "2", "Depends: lib (>= 1)\n"),
+            stanza("lib", "2", ""),
+        ]
+        .concat();
         let u = universe(&t, &b);
-        assert_eq!(names(&u, &recipe("include = [\"tool\"]", "")), ["lib=1@trixie", "tool=1@trixie"]);
+        assert_eq!(
+            names(&u, &recipe("include = [\"tool\"]", "")),
+            ["lib=1@trixie", "tool=1@trixie"]
+        );
         // Pinned to backports: its dependency still comes from the first suite.
         assert_eq!(
-            names(&u, &recipe("include = [\"tool\"]", "tool = \"trixie-backports\"")),
+            names(
+                &u,
+                &recipe("include = [\"tool\"]", "tool = \"trixie-backports\"")
+            ),
             ["lib=1@trixie", "tool=2@trixie-backports"]
         );
         // A version only the second suite has is taken from there.
-        assert_eq!(names(&u, &recipe("include = [\"lib (>= 2)\"]", "")), ["lib=2@trixie-backports"]);
+        assert_eq!(
+            names(&u, &recipe("include = [\"lib (>= 2)\"]", "")),
+            ["lib=2@trixie-backports"]
+        );
     }
 
     #[test]
     fn exclude_and_essential() {
         let t = [
-            stanza("base", "1", "Essential: yes\nPre-Depends: debconf (>= 1) | debconf-2.0\n"),
+            stanza(
+                "base",
+                "1",
+                "Essential: yes\nPre-Depends: debconf (>= 1) | debconf-2.0\n",
+            ),
             stanza("debconf", "1", "Provides: debconf-2.0\n"),
             stanza("app", "1", "Depends: adduser\n"),
             stanza("adduser", "1", ""),
         ]
         .concat();
         let u = universe(&t, "");
-        let r = recipe("include = [\"app\"]\nessential = true\nexclude = [\"adduser\", \"debconf\", \"debconf-2.0\"]", "");
+        let r = recipe(
+            "include = [\"app\"]\nessential = true\nexclude = [\"adduser\", \"debconf\", \"debconf-2.0\"]",
+            "",
+        );
         assert_eq!(names(&u, &r), ["app=1@trixie", "base=1@trixie"]);
         let r = recipe("include = [\"app\"]\nexclude = [\"app\"]", "");
-        assert!(resolve(&u, &r).unwrap_err().to_string().contains("packages.exclude"));
+        assert!(
+            resolve(&u, &r)
+                .unwrap_err()
+                .to_string()
+                .contains("packages.exclude")
+        );
     }
 
     #[test]
@@ -381,11 +513,24 @@ mod tests {
         ]
         .concat();
         let u = universe(&t, "");
-        let err = resolve(&u, &recipe("include = [\"docker.io\"]", "")).unwrap_err().to_string();
-        assert!(err.contains("docker.io -> containerd -> libfoo (>= 2)"), "{err}");
-        assert!(err.contains("no version of libfoo satisfies it (have: 1 in trixie)"), "{err}");
-        let err = resolve(&u, &recipe("include = [\"nosuch\"]", "")).unwrap_err().to_string();
-        assert!(err.contains("nosuch is not in suites trixie, trixie-backports"), "{err}");
+        let err = resolve(&u, &recipe("include = [\"docker.io\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("docker.io -> containerd -> libfoo (>= 2)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("no version of libfoo satisfies it (have: 1 in trixie)"),
+            "{err}"
+        );
+        let err = resolve(&u, &recipe("include = [\"nosuch\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nosuch is not in suites trixie, trixie-backports"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -398,9 +543,17 @@ mod tests {
         ]
         .concat();
         let u = universe(&t, "");
-        assert_eq!(names(&u, &recipe("include = [\"a\"]", "")), ["a=1@trixie", "b=1@trixie", "c=1@trixie"]);
-        let err = resolve(&u, &recipe("include = [\"d\"]", "")).unwrap_err().to_string();
-        assert!(err.contains("d -> c:i386") && err.contains("only amd64"), "{err}");
+        assert_eq!(
+            names(&u, &recipe("include = [\"a\"]", "")),
+            ["a=1@trixie", "b=1@trixie", "c=1@trixie"]
+        );
+        let err = resolve(&u, &recipe("include = [\"d\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d -> c:i386") && err.contains("only amd64"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -413,7 +566,12 @@ mod tests {
         ]
         .concat();
         let u = universe(&t, "");
-        let err = resolve(&u, &recipe("include = [\"x\", \"y\"]", "")).unwrap_err().to_string();
-        assert!(err.contains("y -> lib (>= 2)") && err.contains("already chosen for x"), "{err}");
+        let err = resolve(&u, &recipe("include = [\"x\", \"y\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("y -> lib (>= 2)") && err.contains("already chosen for x"),
+            "{err}"
+        );
     }
 }

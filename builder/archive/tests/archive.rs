@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use pgp::composed::{ArmorOptions, CleartextSignedMessage, KeyType, SecretKeyParamsBuilder, SignedSecretKey};
+use pgp::composed::{
+    ArmorOptions, CleartextSignedMessage, KeyType, SecretKeyParamsBuilder, SignedSecretKey,
+};
 use pgp::types::Password;
 use sha2::{Digest, Sha256};
-use usmol_archive::{fetch, lock_with, Cache, Keyring, Mirror, MirrorOrigin, Trust};
+use usmol_archive::{Cache, Keyring, Mirror, MirrorOrigin, Trust, fetch, lock_with};
 use usmol_recipe::{Lock, Recipe};
 
 // ---------------------------------------------------------------- server
@@ -50,7 +52,11 @@ impl Server {
     }
 
     fn put(&self, path: &str, bytes: Vec<u8>) {
-        self.state.lock().unwrap().files.insert(path.to_owned(), bytes);
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.to_owned(), bytes);
     }
 
     fn requests(&self) -> Vec<String> {
@@ -78,26 +84,55 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
             range_start = v.trim().trim_end_matches('-').parse::<usize>().ok();
         }
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches("/debian").to_owned();
+    let path = request
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches("/debian")
+        .to_owned();
     let (body, cut, ignore_range) = {
         let mut s = state.lock().unwrap();
-        s.log.push(format!("GET {path}{}", range_start.map(|r| format!(" from {r}")).unwrap_or_default()));
-        (s.files.get(&path).cloned(), s.cut_after.get(&path).copied(), s.ignore_range)
+        s.log.push(format!(
+            "GET {path}{}",
+            range_start
+                .map(|r| format!(" from {r}"))
+                .unwrap_or_default()
+        ));
+        (
+            s.files.get(&path).cloned(),
+            s.cut_after.get(&path).copied(),
+            s.ignore_range,
+        )
     };
     let Some(body) = body else {
-        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
     let (status, start) = match range_start {
         Some(r) if !ignore_range && r >= body.len() => {
-            let _ = write!(stream, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             return;
         }
-        Some(r) if !ignore_range => (format!("206 Partial Content\r\nContent-Range: bytes {r}-{}/{}", body.len() - 1, body.len()), r),
+        Some(r) if !ignore_range => (
+            format!(
+                "206 Partial Content\r\nContent-Range: bytes {r}-{}/{}",
+                body.len() - 1,
+                body.len()
+            ),
+            r,
+        ),
         _ => ("200 OK".to_owned(), 0),
     };
     let part = &body[start..];
-    let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len());
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        part.len()
+    );
     let send = cut.map_or(part.len(), |c| c.saturating_sub(start).min(part.len()));
     let _ = stream.write_all(&part[..send]);
     let _ = stream.flush();
@@ -128,16 +163,24 @@ fn make_key() -> SignedSecretKey {
 }
 
 fn keyring_of(key: &SignedSecretKey) -> Keyring {
-    let armored = key.to_public_key().to_armored_string(ArmorOptions::default()).unwrap();
+    let armored = key
+        .to_public_key()
+        .to_armored_string(ArmorOptions::default())
+        .unwrap();
     Keyring::from_armored([("fixture.asc".to_owned(), armored)]).unwrap()
 }
 
 fn sign(key: &SignedSecretKey, text: &str) -> Vec<u8> {
-    CleartextSignedMessage::sign(rand::thread_rng(), text, &key.primary_key, &Password::empty())
-        .unwrap()
-        .to_armored_string(ArmorOptions::default())
-        .unwrap()
-        .into_bytes()
+    CleartextSignedMessage::sign(
+        rand::thread_rng(),
+        text,
+        &key.primary_key,
+        &Password::empty(),
+    )
+    .unwrap()
+    .to_armored_string(ArmorOptions::default())
+    .unwrap()
+    .into_bytes()
 }
 
 /// A package of the fixture: (name, version, arch, extra control fields).
@@ -146,11 +189,26 @@ struct Pkg(&'static str, &'static str, &'static str, &'static str);
 const PACKAGES: &[Pkg] = &[
     Pkg("tini", "0.19.0-1", "amd64", "Depends: libc6 (>= 2.34)\n"),
     Pkg("libc6", "2.41-12", "amd64", "Depends: libgcc-s1\n"),
-    Pkg("libgcc-s1", "14.2.0-19", "amd64", "Source: gcc-14 (14.2.0-19)\nDepends: libc6 (>= 2.35), gcc-14-base | gcc-base\n"),
+    Pkg(
+        "libgcc-s1",
+        "14.2.0-19",
+        "amd64",
+        "Source: gcc-14 (14.2.0-19)\nDepends: libc6 (>= 2.35), gcc-14-base | gcc-base\n",
+    ),
     Pkg("gcc-14-base", "14.2.0-19", "amd64", "Source: gcc-14\n"),
-    Pkg("base-files", "13.8", "amd64", "Essential: yes\nPre-Depends: awk\n"),
+    Pkg(
+        "base-files",
+        "13.8",
+        "amd64",
+        "Essential: yes\nPre-Depends: awk\n",
+    ),
     Pkg("mawk", "1.3.4-1", "amd64", "Provides: awk\n"),
-    Pkg("tzdata", "2025b-4", "all", "Depends: debconf (>= 0.5) | debconf-2.0\n"),
+    Pkg(
+        "tzdata",
+        "2025b-4",
+        "all",
+        "Depends: debconf (>= 0.5) | debconf-2.0\n",
+    ),
 ];
 
 const DATE: &str = "Sat, 21 Nov 2026 09:15:44 UTC";
@@ -168,7 +226,8 @@ struct Fixture {
 
 impl Fixture {
     fn new(name: &str, include: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("usmol-archive-test-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("usmol-archive-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let server = Server::start();
@@ -177,7 +236,9 @@ impl Fixture {
         let mut index = String::new();
         for Pkg(n, v, a, extra) in PACKAGES {
             let filename = format!("pool/main/{}/{n}/{n}_{v}_{a}.deb", &n[..1]);
-            let content = format!("!<arch>\nfixture {n} {v}\n").repeat(50).into_bytes();
+            let content = format!("!<arch>\nfixture {n} {v}\n")
+                .repeat(50)
+                .into_bytes();
             index.push_str(&format!(
                 "Package: {n}\nVersion: {v}\nArchitecture: {a}\n{extra}Filename: {filename}\nSize: {}\nSHA256: {}\n\n",
                 content.len(),
@@ -188,8 +249,15 @@ impl Fixture {
         }
         let fx = Fixture {
             recipe_path: dir.join("r.toml"),
-            recipe: Recipe::parse(Path::new("r.toml"), "[distribution]\nsuites=[\"x\"]\n[packages]\ninclude=[\"x\"]\n").unwrap(),
-            trust: Trust { keyring: keyring_of(&key), now: now() },
+            recipe: Recipe::parse(
+                Path::new("r.toml"),
+                "[distribution]\nsuites=[\"x\"]\n[packages]\ninclude=[\"x\"]\n",
+            )
+            .unwrap(),
+            trust: Trust {
+                keyring: keyring_of(&key),
+                now: now(),
+            },
             server,
             key,
             dir,
@@ -212,14 +280,20 @@ impl Fixture {
     fn publish(&self, index: &str, date: &str, valid_until: Option<&str>) {
         let packages_xz = xz(index);
         let hash = sha256(&packages_xz);
-        self.server.put(&format!("/dists/trixie/main/binary-amd64/by-hash/SHA256/{hash}"), packages_xz.clone());
+        self.server.put(
+            &format!("/dists/trixie/main/binary-amd64/by-hash/SHA256/{hash}"),
+            packages_xz.clone(),
+        );
         let release = format!(
             "Origin: Debian\nSuite: stable\nCodename: trixie\nDate: {date}\n{}Acquire-By-Hash: yes\n\
 No-Support-for-Architecture-all: Packages\nArchitectures: all amd64\nComponents: main\nSHA256:\n {hash} {} main/binary-amd64/Packages.xz\n",
-            valid_until.map(|v| format!("Valid-Until: {v}\n")).unwrap_or_default(),
+            valid_until
+                .map(|v| format!("Valid-Until: {v}\n"))
+                .unwrap_or_default(),
             packages_xz.len()
         );
-        self.server.put("/dists/trixie/InRelease", sign(&self.key, &release));
+        self.server
+            .put("/dists/trixie/InRelease", sign(&self.key, &release));
     }
 
     fn mirror(&self) -> Mirror {
@@ -227,11 +301,20 @@ No-Support-for-Architecture-all: Packages\nArchitectures: all amd64\nComponents:
     }
 
     fn cache(&self) -> Cache {
-        Cache::new(self.dir.join("cache")).with_progress(false).with_parallel(3)
+        Cache::new(self.dir.join("cache"))
+            .with_progress(false)
+            .with_parallel(3)
     }
 
     fn lock(&self, previous: Option<&Lock>) -> Result<Lock, usmol_archive::Error> {
-        lock_with(&self.recipe, &self.recipe_path, &self.mirror(), &self.cache(), previous, &self.trust)
+        lock_with(
+            &self.recipe,
+            &self.recipe_path,
+            &self.mirror(),
+            &self.cache(),
+            previous,
+            &self.trust,
+        )
     }
 }
 
@@ -249,35 +332,87 @@ fn now() -> DateTime<Utc> {
 
 #[test]
 fn lock_then_fetch_then_warm_fetch_needs_no_network() {
-    let fx = Fixture::new("happy", "include = [\"tini\", \"tzdata\"]\nessential = true");
+    let fx = Fixture::new(
+        "happy",
+        "include = [\"tini\", \"tzdata\"]\nessential = true",
+    );
     let lock = fx.lock(None).unwrap();
-    let names: Vec<String> = lock.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
+    let names: Vec<String> = lock
+        .packages
+        .iter()
+        .map(|p| format!("{} {}", p.name, p.version))
+        .collect();
     assert_eq!(
         names,
-        ["base-files 13.8", "gcc-14-base 14.2.0-19", "libc6 2.41-12", "libgcc-s1 14.2.0-19", "mawk 1.3.4-1", "tini 0.19.0-1", "tzdata 2025b-4"]
+        [
+            "base-files 13.8",
+            "gcc-14-base 14.2.0-19",
+            "libc6 2.41-12",
+            "libgcc-s1 14.2.0-19",
+            "mawk 1.3.4-1",
+            "tini 0.19.0-1",
+            "tzdata 2025b-4"
+        ]
     );
-    let gcc = lock.packages.iter().find(|p| p.name == "libgcc-s1").unwrap();
-    assert_eq!((gcc.source.as_str(), gcc.source_version.as_str(), gcc.suite.as_str()), ("gcc-14", "14.2.0-19", "trixie"));
+    let gcc = lock
+        .packages
+        .iter()
+        .find(|p| p.name == "libgcc-s1")
+        .unwrap();
+    assert_eq!(
+        (
+            gcc.source.as_str(),
+            gcc.source_version.as_str(),
+            gcc.suite.as_str()
+        ),
+        ("gcc-14", "14.2.0-19", "trixie")
+    );
     assert_eq!(lock.releases.len(), 1);
-    assert_eq!((lock.releases[0].codename.as_str(), lock.releases[0].date.as_str()), ("trixie", DATE));
-    assert_eq!(lock.recipe_sha256, sha256(&std::fs::read(&fx.recipe_path).unwrap()));
-    assert!(fx.server.requests().iter().any(|r| r.contains("/by-hash/SHA256/")), "{:?}", fx.server.requests());
+    assert_eq!(
+        (
+            lock.releases[0].codename.as_str(),
+            lock.releases[0].date.as_str()
+        ),
+        ("trixie", DATE)
+    );
+    assert_eq!(
+        lock.recipe_sha256,
+        sha256(&std::fs::read(&fx.recipe_path).unwrap())
+    );
+    assert!(
+        fx.server
+            .requests()
+            .iter()
+            .any(|r| r.contains("/by-hash/SHA256/")),
+        "{:?}",
+        fx.server.requests()
+    );
 
     fx.server.clear_log();
     let fetched = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap();
     assert_eq!(fetched.len(), 7);
     for f in &fetched {
-        assert_eq!(std::fs::read(&f.path).unwrap(), fx.debs[&f.package.filename]);
+        assert_eq!(
+            std::fs::read(&f.path).unwrap(),
+            fx.debs[&f.package.filename]
+        );
         assert!(f.path.starts_with(fx.dir.join("cache/blobs/sha256")));
     }
     assert_eq!(fx.server.requests().len(), 7);
     // No partial files remain once everything is verified.
-    assert_eq!(std::fs::read_dir(fx.dir.join("cache/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(fx.dir.join("cache/tmp")).unwrap().count(),
+        0
+    );
 
     fx.server.clear_log();
     let again = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap();
     assert_eq!(again, fetched);
-    assert!(fx.server.requests().is_empty(), "warm fetch made requests: {:?}", fx.server.requests());
+    assert!(
+        fx.server.requests().is_empty(),
+        "warm fetch made requests: {:?}",
+        fx.server.requests()
+    );
 
     // A relock with a warm index cache only asks for the InRelease.
     fx.server.clear_log();
@@ -293,7 +428,10 @@ fn corrupted_cache_entry_is_refetched() {
     std::fs::write(&first[0].path, b"bit rot").unwrap();
     fx.server.clear_log();
     let second = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap();
-    assert_eq!(std::fs::read(&second[0].path).unwrap(), fx.debs[&lock.packages[0].filename]);
+    assert_eq!(
+        std::fs::read(&second[0].path).unwrap(),
+        fx.debs[&lock.packages[0].filename]
+    );
     assert_eq!(fx.server.requests().len(), 1);
 }
 
@@ -301,10 +439,17 @@ fn corrupted_cache_entry_is_refetched() {
 fn tampered_inrelease_is_refused() {
     let fx = Fixture::new("tamper", "include = [\"tini\"]");
     let signed = fx.server.state.lock().unwrap().files["/dists/trixie/InRelease"].clone();
-    let tampered = String::from_utf8(signed).unwrap().replace("Codename: trixie", "Codename: trixiE");
-    fx.server.put("/dists/trixie/InRelease", tampered.into_bytes());
+    let tampered = String::from_utf8(signed)
+        .unwrap()
+        .replace("Codename: trixie", "Codename: trixiE");
+    fx.server
+        .put("/dists/trixie/InRelease", tampered.into_bytes());
     let msg = fx.lock(None).unwrap_err().to_string();
-    assert!(msg.contains("dists/trixie/InRelease: signature verification failed") && msg.contains("BAD signature"), "{msg}");
+    assert!(
+        msg.contains("dists/trixie/InRelease: signature verification failed")
+            && msg.contains("BAD signature"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -346,7 +491,9 @@ fn liblzma_decode(fx: &Fixture) -> Vec<u8> {
     let s = fx.server.state.lock().unwrap();
     let (_, xz) = s.files.iter().find(|(k, _)| k.contains("by-hash")).unwrap();
     let mut out = Vec::new();
-    liblzma::read::XzDecoder::new(&xz[..]).read_to_end(&mut out).unwrap();
+    liblzma::read::XzDecoder::new(&xz[..])
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -357,7 +504,10 @@ fn release_older_than_the_lock_is_a_rollback() {
     let index = String::from_utf8(liblzma_decode(&fx)).unwrap();
     fx.publish(&index, "Fri, 20 Nov 2026 09:15:44 UTC", None);
     let msg = fx.lock(Some(&lock)).unwrap_err().to_string();
-    assert!(msg.contains("rollback") && msg.contains("Fri, 20 Nov 2026"), "{msg}");
+    assert!(
+        msg.contains("rollback") && msg.contains("Fri, 20 Nov 2026"),
+        "{msg}"
+    );
     // Without a previous lock the same Release is acceptable.
     fx.lock(None).unwrap();
 }
@@ -370,13 +520,27 @@ fn truncated_download_is_an_error_and_not_cached() {
     let full = fx.debs[&lock.packages[0].filename].clone();
     // The server itself holds a short file: the size check must catch it.
     fx.server.put(&file, full[..full.len() / 2].to_vec());
-    let msg = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap_err().to_string();
-    assert!(msg.contains(&file) && msg.contains("size mismatch") && msg.contains(&format!("expected {}", full.len())), "{msg}");
+    let msg = fetch(&lock, &fx.mirror(), &fx.cache())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&file)
+            && msg.contains("size mismatch")
+            && msg.contains(&format!("expected {}", full.len())),
+        "{msg}"
+    );
     assert!(!fx.cache().blob_path(&lock.packages[0].sha256).exists());
     // The connection drops mid-body: retried once with Range, then an error.
     fx.server.put(&file, full.clone());
-    fx.server.state.lock().unwrap().cut_after.insert(file.clone(), 100);
-    let msg = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap_err().to_string();
+    fx.server
+        .state
+        .lock()
+        .unwrap()
+        .cut_after
+        .insert(file.clone(), 100);
+    let msg = fetch(&lock, &fx.mirror(), &fx.cache())
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains(&file) && msg.contains("interrupted"), "{msg}");
     assert!(!fx.cache().blob_path(&lock.packages[0].sha256).exists());
     // The partial file is resumed with a Range request next time.
@@ -392,12 +556,18 @@ fn server_ignoring_range_restarts_the_download() {
     let fx = Fixture::new("norange", "include = [\"gcc-14-base\"]");
     let lock = fx.lock(None).unwrap();
     let pkg = &lock.packages[0];
-    let part = fx.dir.join("cache/tmp").join(format!("{}.part", pkg.sha256));
+    let part = fx
+        .dir
+        .join("cache/tmp")
+        .join(format!("{}.part", pkg.sha256));
     std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, b"garbage from an older attempt").unwrap();
     fx.server.state.lock().unwrap().ignore_range = true;
     let fetched = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap();
-    assert_eq!(std::fs::read(&fetched[0].path).unwrap(), fx.debs[&pkg.filename]);
+    assert_eq!(
+        std::fs::read(&fetched[0].path).unwrap(),
+        fx.debs[&pkg.filename]
+    );
 }
 
 #[test]
@@ -409,28 +579,47 @@ fn hash_mismatch_names_url_and_both_hashes() {
     evil[10] ^= 1;
     let evil_hash = sha256(&evil);
     fx.server.put(&file, evil);
-    let msg = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap_err().to_string();
-    assert!(msg.contains(&file) && msg.contains(&lock.packages[0].sha256) && msg.contains(&evil_hash), "{msg}");
+    let msg = fetch(&lock, &fx.mirror(), &fx.cache())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&file) && msg.contains(&lock.packages[0].sha256) && msg.contains(&evil_hash),
+        "{msg}"
+    );
     assert!(!fx.cache().blob_path(&lock.packages[0].sha256).exists());
-    assert_eq!(std::fs::read_dir(fx.dir.join("cache/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(fx.dir.join("cache/tmp")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
 fn tampered_index_is_refused() {
     let fx = Fixture::new("index", "include = [\"tini\"]");
     let mut s = fx.server.state.lock().unwrap();
-    let key = s.files.keys().find(|k| k.contains("by-hash")).unwrap().clone();
+    let key = s
+        .files
+        .keys()
+        .find(|k| k.contains("by-hash"))
+        .unwrap()
+        .clone();
     s.files.get_mut(&key).unwrap().push(0);
     drop(s);
     let msg = fx.lock(None).unwrap_err().to_string();
-    assert!(msg.contains("by-hash/SHA256") && msg.contains("size mismatch"), "{msg}");
+    assert!(
+        msg.contains("by-hash/SHA256") && msg.contains("size mismatch"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_package_names_the_chain() {
     let fx = Fixture::new("unknown", "include = [\"tini\", \"nosuch\"]");
     let msg = fx.lock(None).unwrap_err().to_string();
-    assert!(msg.contains("cannot resolve nosuch: nosuch is not in suites trixie"), "{msg}");
+    assert!(
+        msg.contains("cannot resolve nosuch: nosuch is not in suites trixie"),
+        "{msg}"
+    );
 }
 
 /// Locks a tiny real recipe against the host's configured mirror.
@@ -443,13 +632,21 @@ fn slow_real_mirror_lock_and_fetch() {
     let dir = std::env::temp_dir().join(format!("usmol-archive-slow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let recipe_path = dir.join("tini.toml");
-    std::fs::write(&recipe_path, "[distribution]\nsuites = [\"trixie\"]\n\n[packages]\ninclude = [\"tini\"]\n").unwrap();
+    std::fs::write(
+        &recipe_path,
+        "[distribution]\nsuites = [\"trixie\"]\n\n[packages]\ninclude = [\"tini\"]\n",
+    )
+    .unwrap();
     let recipe = Recipe::load(&recipe_path).unwrap();
     let mirror = usmol_archive::resolve_mirror(None, &recipe).unwrap();
     let cache = Cache::default_location();
     let start = std::time::Instant::now();
     let lock = usmol_archive::lock(&recipe, &recipe_path, &mirror, &cache, None).unwrap();
-    eprintln!("locked {} packages in {:?}", lock.packages.len(), start.elapsed());
+    eprintln!(
+        "locked {} packages in {:?}",
+        lock.packages.len(),
+        start.elapsed()
+    );
     assert!(lock.packages.iter().any(|p| p.name == "tini"));
     assert_eq!(lock.releases[0].codename, "trixie");
     let fetched = fetch(&lock, &mirror, &cache).unwrap();
@@ -480,11 +677,25 @@ fn slow_real_mirror_guest_recipe() {
             lock.packages.len(),
             start.elapsed()
         );
-        for name in ["docker.io", "containerd", "runc", "tini", "iptables", "bash", "coreutils"] {
-            assert!(lock.packages.iter().any(|p| p.name == name), "{name} missing");
+        for name in [
+            "docker.io",
+            "containerd",
+            "runc",
+            "tini",
+            "iptables",
+            "bash",
+            "coreutils",
+        ] {
+            assert!(
+                lock.packages.iter().any(|p| p.name == name),
+                "{name} missing"
+            );
         }
         for name in &recipe.packages.exclude {
-            assert!(!lock.packages.iter().any(|p| &p.name == name), "{name} was excluded");
+            assert!(
+                !lock.packages.iter().any(|p| &p.name == name),
+                "{name} was excluded"
+            );
         }
     }
 }
