@@ -307,7 +307,8 @@ fn run_command(
         cmd.stdin(in_r).stdout(out_w);
         let tty_r = stdio_tty.try_clone().map_err(io)?;
         let tty_w = stdio_tty.try_clone().map_err(io)?;
-        copiers.push(stdio::spawn_stdin_copier(tty_r, stdin_state.clone()));
+        // The stdin copier may block in read() forever: not joined.
+        let _ = stdio::spawn_stdin_copier(tty_r, stdin_state.clone());
         copiers.push(stdio::spawn_output_copier(out_r, tty_w));
         // SAFETY: setsid is async-signal-safe.
         unsafe {
@@ -334,13 +335,13 @@ fn run_command(
     let pid = Arc::new(AtomicI32::new(0));
     let pid_for_ctl = pid.clone();
     let control_w = control.try_clone().ok();
-    copiers.push(stdio::spawn_control_reader(control, stdin_state.clone(), move |sig| {
+    let _ = stdio::spawn_control_reader(control, stdin_state.clone(), move |sig| {
         let p = pid_for_ctl.load(Ordering::SeqCst);
         if p > 0 {
             // SAFETY: kill(2) on the command's process group.
             unsafe { libc::kill(-p, sig) };
         }
-    }));
+    });
 
     if !req.stdio.tty {
         // Only now may the launcher send stdin: the tty is raw.
@@ -393,6 +394,19 @@ fn reap_until(pid: i32) -> i32 {
     }
 }
 
+/// Whether any user-space process besides init is alive (kernel threads
+/// have an empty cmdline).
+fn user_processes_left() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && name != "1"
+            && std::fs::read(format!("/proc/{name}/cmdline")).is_ok_and(|c| !c.is_empty())
+    })
+}
+
 fn reap_all_nonblocking() {
     let mut status = 0;
     // SAFETY: waitpid with a valid status pointer.
@@ -404,7 +418,7 @@ fn shutdown(
     mut timings: Timings,
     dockerd: Option<std::process::Child>,
     consoles: Vec<File>,
-    copiers: Vec<std::thread::JoinHandle<()>>,
+    output_copiers: Vec<std::thread::JoinHandle<()>>,
 ) -> ! {
     if let Some(mut d) = dockerd {
         docker::stop(&mut d, Duration::from_secs(6));
@@ -414,8 +428,7 @@ fn shutdown(
     unsafe { libc::kill(-1, libc::SIGTERM) };
     for _ in 0..50 {
         reap_all_nonblocking();
-        // SAFETY: kill(2) with signal 0 probes for remaining processes.
-        if unsafe { libc::kill(-1, 0) } != 0 {
+        if !user_processes_left() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -426,9 +439,9 @@ fn shutdown(
     // Output copiers end when the last writer is gone; give them a moment
     // to flush what the command wrote last.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    for c in copiers {
+    for c in output_copiers {
         while !c.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
     for c in &consoles {

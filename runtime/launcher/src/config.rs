@@ -117,6 +117,8 @@ pub struct KernelPlan<'a> {
     pub rootfs: &'a Path,
     pub docker_disk: &'a Path,
     pub hostfs_root: &'a Path,
+    /// UML's umid/mconsole directory (default `~/.uml`, which needs $HOME).
+    pub uml_dir: &'a Path,
     pub debug: bool,
 }
 
@@ -152,6 +154,7 @@ pub fn kernel_args(p: &KernelPlan) -> Vec<String> {
         "rw".into(),
         format!("init={}", usmol_channel::INIT_PATH),
         format!("hostfs={}", p.hostfs_root.display()),
+        format!("uml_dir={}", p.uml_dir.display()),
         // Every console line off, then the ones we use.
         "con=null".into(),
         "ssl=null".into(),
@@ -231,6 +234,7 @@ mod tests {
             rootfs: Path::new("/usmol/lib/rootfs.ext4"),
             docker_disk: Path::new("/var/lib/usmol/docker.ext4"),
             hostfs_root: Path::new("/tmp/u/hostfs"),
+            uml_dir: Path::new("/tmp/u"),
             debug: false,
         };
         let line = kernel_args(&p).join(" ");
@@ -238,7 +242,7 @@ mod tests {
             line,
             "mem=3072M seccomp=auto ncpus=2 ubd0=/tmp/u/root.cow,/usmol/lib/rootfs.ext4 \
              ubd1=/var/lib/usmol/docker.ext4 root=/dev/ubda rootfstype=ext4 rw init=/usr/lib/usmol/init \
-             hostfs=/tmp/u/hostfs con=null ssl=null con0=null,fd:1 con1=fd:3,fd:4 con2=null,fd:5 \
+             hostfs=/tmp/u/hostfs uml_dir=/tmp/u con=null ssl=null con0=null,fd:1 con1=fd:3,fd:4 con2=null,fd:5 \
              con3=fd:6,fd:7 quiet"
         );
         let no_smp = KernelPlan { ncpus: None, debug: true, ..p };

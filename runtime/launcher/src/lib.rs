@@ -219,6 +219,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         rootfs: &assets.rootfs,
         docker_disk: &disk,
         hostfs_root: &hostfs_root,
+        uml_dir: &private.path,
         debug,
     };
     let kargs = config::kernel_args(&plan);
@@ -227,7 +228,10 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     }
 
     // Guest RAM: an exec tmpfs with room, else let the kernel use a memfd.
-    let mut kenv: Vec<(String, String)> = vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())];
+    let mut kenv: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("HOME".into(), private_str.clone()),
+    ];
     let candidates: Vec<PathBuf> =
         [get("TMPDIR"), Some("/dev/shm"), Some("/tmp")].into_iter().flatten().map(PathBuf::from).collect();
     match host::ram_dir(&candidates, memory_mib << 20) {
