@@ -82,7 +82,8 @@ impl Applier {
                 entry: raw.clone(),
                 reason: reason.to_owned(),
             };
-            let rel = normalize(&raw).ok_or_else(|| refuse("path contains `..` or is not UTF-8"))?;
+            let rel =
+                normalize(&raw).ok_or_else(|| refuse("path contains `..` or is not UTF-8"))?;
             let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
                 // The root itself: nothing to create.
                 continue;
@@ -110,7 +111,11 @@ impl Applier {
             let io = |path: &Path| {
                 let entry = raw.clone();
                 let path = path.to_path_buf();
-                move |source| ApplyError::Io { entry, path, source }
+                move |source| ApplyError::Io {
+                    entry,
+                    path,
+                    source,
+                }
             };
             let existing = fs::symlink_metadata(&target).ok();
             match kind {
@@ -123,7 +128,8 @@ impl Applier {
                         }
                         None => fs::create_dir(&target).map_err(io(&target))?,
                     }
-                    fs::set_permissions(&target, fs::Permissions::from_mode(0o700 | mode)).map_err(io(&target))?;
+                    fs::set_permissions(&target, fs::Permissions::from_mode(0o700 | mode))
+                        .map_err(io(&target))?;
                     self.dir_modes.insert(target.clone(), mode);
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -136,7 +142,8 @@ impl Applier {
                         .open(&target)
                         .map_err(io(&target))?;
                     io::copy(&mut entry, &mut f).map_err(io(&target))?;
-                    f.set_permissions(fs::Permissions::from_mode(mode & 0o777)).map_err(io(&target))?;
+                    f.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+                        .map_err(io(&target))?;
                 }
                 tar::EntryType::Symlink => {
                     let link = entry
@@ -146,7 +153,8 @@ impl Applier {
                     if existing.is_some() {
                         remove_any(&raw, &target)?;
                     }
-                    let link = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(link);
+                    let link =
+                        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(link);
                     std::os::unix::fs::symlink(&link, &target).map_err(io(&target))?;
                 }
                 tar::EntryType::Link => {
@@ -155,7 +163,8 @@ impl Applier {
                         .ok_or_else(|| refuse("hard link without target"))?
                         .into_owned();
                     let link = String::from_utf8_lossy(&link).into_owned();
-                    let link_rel = normalize(&link).ok_or_else(|| refuse("hard link target contains `..`"))?;
+                    let link_rel =
+                        normalize(&link).ok_or_else(|| refuse("hard link target contains `..`"))?;
                     let source = self.existing_path(&raw, &link_rel)?;
                     let meta = fs::symlink_metadata(&source).map_err(io(&source))?;
                     if !meta.file_type().is_file() {
@@ -182,10 +191,12 @@ impl Applier {
         // Deepest first, so a read-only parent does not block its children.
         for (dir, mode) in self.dir_modes.iter().rev() {
             if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-                fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(|source| ApplyError::Io {
-                    entry: dir.display().to_string(),
-                    path: dir.clone(),
-                    source,
+                fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(|source| {
+                    ApplyError::Io {
+                        entry: dir.display().to_string(),
+                        path: dir.clone(),
+                        source,
+                    }
                 })?;
             }
         }
@@ -194,7 +205,12 @@ impl Applier {
 
     /// Walks (creating when missing) the parent directories of an entry,
     /// refusing symlinks and non-directories on the way.
-    fn walk_parents(&self, raw: &str, parent_rel: &Path, added: &mut BTreeSet<PathBuf>) -> Result<PathBuf, ApplyError> {
+    fn walk_parents(
+        &self,
+        raw: &str,
+        parent_rel: &Path,
+        added: &mut BTreeSet<PathBuf>,
+    ) -> Result<PathBuf, ApplyError> {
         let mut cur = self.root.clone();
         let mut rel = PathBuf::new();
         for comp in parent_rel.components() {
@@ -205,7 +221,10 @@ impl Applier {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(ApplyError::Refused {
                         entry: raw.to_owned(),
-                        reason: format!("parent `{}` is a symlink; refusing to write through it", rel.display()),
+                        reason: format!(
+                            "parent `{}` is a symlink; refusing to write through it",
+                            rel.display()
+                        ),
                     });
                 }
                 Ok(_) => {
@@ -249,7 +268,10 @@ impl Applier {
             if i + 1 < n && !m.is_dir() {
                 return Err(ApplyError::Refused {
                     entry: raw.to_owned(),
-                    reason: format!("hard link target goes through non-directory `{}`", cur.display()),
+                    reason: format!(
+                        "hard link target goes through non-directory `{}`",
+                        cur.display()
+                    ),
                 });
             }
         }
@@ -258,11 +280,21 @@ impl Applier {
 
     /// Opaque whiteout: remove what lower layers put in `dir`, keeping this
     /// layer's own entries.
-    fn clear_dir(&self, raw: &str, dir: &Path, dir_rel: &Path, added: &BTreeSet<PathBuf>) -> Result<(), ApplyError> {
+    fn clear_dir(
+        &self,
+        raw: &str,
+        dir: &Path,
+        dir_rel: &Path,
+        added: &BTreeSet<PathBuf>,
+    ) -> Result<(), ApplyError> {
         let io = |path: &Path| {
             let entry = raw.to_owned();
             let path = path.to_path_buf();
-            move |source| ApplyError::Io { entry, path, source }
+            move |source| ApplyError::Io {
+                entry,
+                path,
+                source,
+            }
         };
         let mut names: Vec<_> = fs::read_dir(dir)
             .map_err(io(dir))?

@@ -112,7 +112,15 @@ pub fn make_ext4(
     // The estimate is deliberately tight; grow and retry if debugfs runs out.
     let mut last_err = None;
     for _ in 0..4 {
-        match build_once(&tree, &tmp_img, work.path(), &uuid, attempt_blocks, inodes, epoch) {
+        match build_once(
+            &tree,
+            &tmp_img,
+            work.path(),
+            &uuid,
+            attempt_blocks,
+            inodes,
+            epoch,
+        ) {
             Ok(()) => {
                 last_err = None;
                 break;
@@ -127,7 +135,9 @@ pub fn make_ext4(
         return Err(e);
     }
     fsck(&tmp_img)?;
-    let bytes = std::fs::metadata(&tmp_img).map_err(io_err(STAGE, &tmp_img))?.len();
+    let bytes = std::fs::metadata(&tmp_img)
+        .map_err(io_err(STAGE, &tmp_img))?
+        .len();
     std::fs::rename(&tmp_img, out).map_err(io_err(STAGE, out))?;
     Ok(Ext4Summary {
         uuid,
@@ -214,7 +224,8 @@ fn read_tar(
             let l = entry
                 .link_name_bytes()
                 .ok_or_else(|| bad(format!("link `{raw_path}` has no target")))?;
-            String::from_utf8(l.into_owned()).map_err(|_| bad(format!("link `{raw_path}` target is not UTF-8")))
+            String::from_utf8(l.into_owned())
+                .map_err(|_| bad(format!("link `{raw_path}` target is not UTF-8")))
         };
         let device = || -> Result<(u32, u32)> {
             let major = header.device_major().ok().flatten().unwrap_or(0);
@@ -250,14 +261,20 @@ fn read_tar(
                 Kind::Block(a, b)
             }
             tar::EntryType::Fifo => Kind::Fifo,
-            other => return Err(bad(format!("entry `{raw_path}` has unsupported type {other:?}"))),
+            other => {
+                return Err(bad(format!(
+                    "entry `{raw_path}` has unsupported type {other:?}"
+                )));
+            }
         };
         // The staging path is random; the content was hashed above.
         let kind_key = match &kind {
             Kind::File { size, .. } => format!("file {size}"),
             other => format!("{other:?}"),
         };
-        hasher.update(format!("{path}\0{kind_key}\0{mode}\0{uid}\0{gid}\0{mtime}\0{xattrs:?}\n").as_bytes());
+        hasher.update(
+            format!("{path}\0{kind_key}\0{mode}\0{uid}\0{gid}\0{mtime}\0{xattrs:?}\n").as_bytes(),
+        );
         if path.is_empty() && !matches!(kind, Kind::Dir) {
             return Err(bad("the root entry is not a directory".into()));
         }
@@ -279,7 +296,12 @@ fn read_tar(
 
 /// Creates missing parent directories (root-owned, 0755) and refuses a
 /// parent that is not a directory.
-fn ensure_parents(tree: &mut BTreeMap<String, Node>, path: &str, epoch: u64, what: &Path) -> Result<()> {
+fn ensure_parents(
+    tree: &mut BTreeMap<String, Node>,
+    path: &str,
+    epoch: u64,
+    what: &Path,
+) -> Result<()> {
     let mut parent = String::new();
     let comps: Vec<&str> = path.split('/').collect();
     for comp in comps.iter().take(comps.len().saturating_sub(1)) {
@@ -368,7 +390,14 @@ fn uuid_from(hash: &[u8]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Blocks and inodes for the tree: data rounded to blocks, directory blocks,
@@ -385,7 +414,13 @@ fn estimate_size(tree: &BTreeMap<String, Node>) -> (u64, u64) {
             _ => {}
         }
         // In-inode xattr space is ~100 bytes; beyond that, a block.
-        if node.xattrs.iter().map(|(k, v)| k.len() + v.len() + 20).sum::<usize>() > 96 {
+        if node
+            .xattrs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 20)
+            .sum::<usize>()
+            > 96
+        {
             data += 1;
         }
         if !path.is_empty() {
@@ -399,7 +434,10 @@ fn estimate_size(tree: &BTreeMap<String, Node>) -> (u64, u64) {
         }
     }
     // Directory blocks beyond the first, with htree index overhead.
-    data += dir_bytes.values().map(|b| (b * 5 / 4).div_ceil(BLOCK)).sum::<u64>();
+    data += dir_bytes
+        .values()
+        .map(|b| (b * 5 / 4).div_ceil(BLOCK))
+        .sum::<u64>();
     let inodes = (tree.len() as u64 + 32).next_multiple_of(16);
     let inode_blocks = (inodes * INODE_SIZE).div_ceil(BLOCK);
     let total = data + data / 50 + inode_blocks;
@@ -455,7 +493,9 @@ fn build_once(
             .env("MKE2FS_CONFIG", &profile)
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
             .env("SOURCE_DATE_EPOCH", &fake_time)
-            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0", "-o", "Linux"])
+            .args([
+                "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0", "-o", "Linux",
+            ])
             .args(["-L", "usmol-root", "-U", uuid, "-N", &inodes.to_string()])
             .arg("-E")
             .arg(format!(
@@ -488,7 +528,12 @@ fn build_once(
         return Err(Error::Tool {
             stage: STAGE,
             command: format!("debugfs -w -f {}", script_path.display()),
-            message: errors.iter().take(10).copied().collect::<Vec<_>>().join("\n"),
+            message: errors
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
         });
     }
     Ok(())
@@ -521,7 +566,13 @@ fn debugfs_script(tree: &BTreeMap<String, Node>, work: &Path, epoch: u64) -> Res
                     Kind::Block(a, b) => format!("b {a} {b}"),
                     _ => "p".to_owned(),
                 };
-                writeln!(s, "cd {}\nmknod {} {spec}\ncd /", q(&format!("/{parent}")), q(name)).unwrap()
+                writeln!(
+                    s,
+                    "cd {}\nmknod {} {spec}\ncd /",
+                    q(&format!("/{parent}")),
+                    q(name)
+                )
+                .unwrap()
             }
             Kind::Hardlink(_) => {}
         }
@@ -536,12 +587,20 @@ fn debugfs_script(tree: &BTreeMap<String, Node>, work: &Path, epoch: u64) -> Res
                     return Err(Error::Invalid {
                         stage: STAGE,
                         path: PathBuf::from(path),
-                        message: format!("hard link target `{target}` is not a regular file in the tarball"),
+                        message: format!(
+                            "hard link target `{target}` is not a regular file in the tarball"
+                        ),
                     });
                 }
             }
             *links.entry(target.as_str()).or_insert(1) += 1;
-            writeln!(s, "ln {} {}", q(&format!("/{target}")), q(&format!("/{path}"))).unwrap();
+            writeln!(
+                s,
+                "ln {} {}",
+                q(&format!("/{target}")),
+                q(&format!("/{path}"))
+            )
+            .unwrap();
         }
     }
     // Pass 3: metadata, children before parents is irrelevant since no
@@ -560,7 +619,11 @@ fn debugfs_script(tree: &BTreeMap<String, Node>, work: &Path, epoch: u64) -> Res
             Kind::Hardlink(_) => continue,
         };
         let p = q(&format!("/{path}"));
-        let mode = if matches!(node.kind, Kind::Symlink(_)) { 0o777 } else { node.mode };
+        let mode = if matches!(node.kind, Kind::Symlink(_)) {
+            0o777
+        } else {
+            node.mode
+        };
         writeln!(s, "sif {p} mode 0{:o}", type_bits | mode).unwrap();
         writeln!(s, "sif {p} uid {}", node.uid).unwrap();
         writeln!(s, "sif {p} gid {}", node.gid).unwrap();
@@ -575,7 +638,13 @@ fn debugfs_script(tree: &BTreeMap<String, Node>, work: &Path, epoch: u64) -> Res
             let f = xattr_dir.join(xattr_n.to_string());
             xattr_n += 1;
             std::fs::write(&f, value).map_err(io_err(STAGE, &f))?;
-            writeln!(s, "ea_set -f {} {p} {}", q(f.to_str().unwrap_or_default()), q(name)).unwrap();
+            writeln!(
+                s,
+                "ea_set -f {} {p} {}",
+                q(f.to_str().unwrap_or_default()),
+                q(name)
+            )
+            .unwrap();
         }
     }
     // lost+found was made by mke2fs at the fake time already; nothing else

@@ -74,11 +74,23 @@ impl Metadata {
     /// `org.opencontainers.image.*` labels.
     pub fn image_config(&self) -> ImageConfig {
         let mut labels = BTreeMap::new();
-        labels.insert("org.opencontainers.image.created".into(), rfc3339(self.epoch));
-        labels.insert("org.opencontainers.image.revision".into(), self.revision.clone());
-        labels.insert("org.opencontainers.image.source".into(), self.source.clone());
+        labels.insert(
+            "org.opencontainers.image.created".into(),
+            rfc3339(self.epoch),
+        );
+        labels.insert(
+            "org.opencontainers.image.revision".into(),
+            self.revision.clone(),
+        );
+        labels.insert(
+            "org.opencontainers.image.source".into(),
+            self.source.clone(),
+        );
         labels.insert("org.opencontainers.image.title".into(), "usmol".into());
-        labels.insert("org.opencontainers.image.version".into(), self.version.clone());
+        labels.insert(
+            "org.opencontainers.image.version".into(),
+            self.version.clone(),
+        );
         ImageConfig {
             entrypoint: vec!["/usmol/run".into()],
             labels,
@@ -155,7 +167,11 @@ struct RunConfig {
     env: Vec<String>,
     #[serde(rename = "Labels", skip_serializing_if = "BTreeMap::is_empty", default)]
     labels: BTreeMap<String, String>,
-    #[serde(rename = "WorkingDir", skip_serializing_if = "String::is_empty", default)]
+    #[serde(
+        rename = "WorkingDir",
+        skip_serializing_if = "String::is_empty",
+        default
+    )]
     working_dir: String,
 }
 
@@ -216,7 +232,10 @@ pub fn write_layout(
     epoch: u64,
     dir: &Path,
 ) -> Result<BuiltImage> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(STAGE, parent))?;
     let tmp = tempfile::Builder::new()
         .prefix(".usmol-layout-")
@@ -280,7 +299,10 @@ pub fn write_layout(
             .map(|t| Descriptor {
                 annotations: BTreeMap::from([
                     ("io.containerd.image.name".to_owned(), t.clone()),
-                    ("org.opencontainers.image.ref.name".to_owned(), split_tag(t).1.to_owned()),
+                    (
+                        "org.opencontainers.image.ref.name".to_owned(),
+                        split_tag(t).1.to_owned(),
+                    ),
                 ]),
                 digest: manifest_blob.digest.clone(),
                 media_type: MEDIA_MANIFEST.into(),
@@ -345,9 +367,16 @@ pub fn build_image(artifact_dir: &Path, meta: &Metadata, layout_dir: &Path) -> R
 
 /// Tar of a directory with normalised metadata, written atomically.
 fn tar_tree(tree: &Tree, out: &Path, epoch: u64) -> Result<()> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err(STAGE, parent))?;
-    let w = std::io::BufWriter::new(tmp.as_file().try_clone().map_err(io_err(STAGE, tmp.path()))?);
+    let w = std::io::BufWriter::new(
+        tmp.as_file()
+            .try_clone()
+            .map_err(io_err(STAGE, tmp.path()))?,
+    );
     let mut w = tree.write_tar(w, epoch)?;
     std::io::Write::flush(&mut w).map_err(io_err(STAGE, tmp.path()))?;
     drop(w);
@@ -375,7 +404,12 @@ pub fn write_oci_archive(image: &BuiltImage, out: &Path, epoch: u64) -> Result<(
 }
 
 /// Writes a `docker load` archive tagged with `repo_tags` (`name:tag`).
-pub fn write_docker_archive(image: &BuiltImage, repo_tags: &[String], out: &Path, epoch: u64) -> Result<()> {
+pub fn write_docker_archive(
+    image: &BuiltImage,
+    repo_tags: &[String],
+    out: &Path,
+    epoch: u64,
+) -> Result<()> {
     let extra = tempfile::tempdir().map_err(io_err(STAGE, std::env::temp_dir()))?;
     let hex = |d: &str| d.trim_start_matches("sha256:").to_owned();
     let manifest = vec![DockerManifest {
@@ -424,7 +458,13 @@ pub fn docker_archive_from_files(
     }
     let mut layout = out.as_os_str().to_owned();
     layout.push(".layout");
-    let image = write_layout(&[(tree, "usmol: files")], &config, tags, epoch, Path::new(&layout))?;
+    let image = write_layout(
+        &[(tree, "usmol: files")],
+        &config,
+        tags,
+        epoch,
+        Path::new(&layout),
+    )?;
     write_docker_archive(&image, tags, out, epoch)?;
     Ok(image)
 }
@@ -444,8 +484,14 @@ pub fn read_layout_manifest(layout: &Path, tag: Option<&str>) -> Result<(Descrip
         .iter()
         .find(|d| match tag {
             Some(t) => {
-                d.annotations.get("org.opencontainers.image.ref.name").map(String::as_str) == Some(t)
-                    || d.annotations.get("io.containerd.image.name").map(String::as_str) == Some(t)
+                d.annotations
+                    .get("org.opencontainers.image.ref.name")
+                    .map(String::as_str)
+                    == Some(t)
+                    || d.annotations
+                        .get("io.containerd.image.name")
+                        .map(String::as_str)
+                        == Some(t)
             }
             None => true,
         })
@@ -469,7 +515,11 @@ fn resolve_manifest(layout: &Path, desc: Descriptor, depth: u32) -> Result<(Desc
         let next = index
             .manifests
             .into_iter()
-            .find(|d| d.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == "amd64"))
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_none_or(|p| p.os == "linux" && p.architecture == "amd64")
+            })
             .filter(|_| depth < 4)
             .ok_or_else(|| Error::Invalid {
                 stage: "export",
@@ -490,7 +540,11 @@ fn resolve_manifest(layout: &Path, desc: Descriptor, depth: u32) -> Result<(Desc
 pub(crate) fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf> {
     let hex = digest
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .filter(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
         .ok_or_else(|| Error::Invalid {
             stage: "export",
             path: layout.to_path_buf(),
@@ -531,8 +585,14 @@ mod tests {
     #[test]
     fn tags_split_with_ports() {
         assert_eq!(split_tag("usmol:1.0"), ("usmol", "1.0"));
-        assert_eq!(split_tag("127.0.0.1:5000/usmol"), ("127.0.0.1:5000/usmol", "latest"));
-        assert_eq!(split_tag("127.0.0.1:5000/usmol:x"), ("127.0.0.1:5000/usmol", "x"));
+        assert_eq!(
+            split_tag("127.0.0.1:5000/usmol"),
+            ("127.0.0.1:5000/usmol", "latest")
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/usmol:x"),
+            ("127.0.0.1:5000/usmol", "x")
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ impl Tree {
     /// names.
     pub fn insert(&mut self, path: &str, source: Source, mode: u32) -> Result<()> {
         let clean = path.trim_matches('/');
-        if clean.is_empty() || clean.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if clean.is_empty()
+            || clean
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return Err(Error::Invalid {
                 stage: STAGE,
                 path: PathBuf::from(path),
@@ -54,9 +58,12 @@ impl Tree {
                 parent.push('/');
             }
             parent.push_str(c);
-            self.entries.entry(parent.clone()).or_insert((Source::Dir, 0o755));
+            self.entries
+                .entry(parent.clone())
+                .or_insert((Source::Dir, 0o755));
         }
-        self.entries.insert(clean.to_owned(), (source, mode & 0o7777));
+        self.entries
+            .insert(clean.to_owned(), (source, mode & 0o7777));
         Ok(())
     }
 
@@ -94,9 +101,17 @@ impl Tree {
                 self.insert_dir(&path, &child)?;
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&child).map_err(io_err(STAGE, &child))?;
-                self.insert(&path, Source::Symlink(target.to_string_lossy().into_owned()), 0o777)?;
+                self.insert(
+                    &path,
+                    Source::Symlink(target.to_string_lossy().into_owned()),
+                    0o777,
+                )?;
             } else if ft.is_file() {
-                let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+                let mode = if meta.permissions().mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
                 self.insert(&path, Source::File(child), mode)?;
             } else {
                 return Err(Error::Invalid {
@@ -142,7 +157,8 @@ impl Tree {
                 Source::Dir => {
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_size(0);
-                    b.append_data(&mut h, format!("{path}/"), io::empty()).map_err(werr)?;
+                    b.append_data(&mut h, format!("{path}/"), io::empty())
+                        .map_err(werr)?;
                 }
                 Source::Symlink(target) => {
                     h.set_entry_type(tar::EntryType::Symlink);
@@ -154,7 +170,8 @@ impl Tree {
                     let len = f.metadata().map_err(io_err(STAGE, host))?.len();
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(len);
-                    b.append_data(&mut h, path, io::BufReader::new(f)).map_err(werr)?;
+                    b.append_data(&mut h, path, io::BufReader::new(f))
+                        .map_err(werr)?;
                 }
             }
         }
@@ -220,7 +237,11 @@ const GZIP_LEVEL: u32 = 6;
 /// `blobs/sha256` directory of a layout), named by its digest.
 pub fn write_layer(tree: &Tree, blobs_dir: &Path, epoch: u64) -> Result<Layer> {
     let tmp = tempfile::NamedTempFile::new_in(blobs_dir).map_err(io_err(STAGE, blobs_dir))?;
-    let file = io::BufWriter::new(tmp.as_file().try_clone().map_err(io_err(STAGE, tmp.path()))?);
+    let file = io::BufWriter::new(
+        tmp.as_file()
+            .try_clone()
+            .map_err(io_err(STAGE, tmp.path()))?,
+    );
     let compressed = HashWriter::new(file);
     let gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -245,7 +266,12 @@ pub fn write_blob(bytes: &[u8], blobs_dir: &Path) -> Result<Blob> {
     persist_blob(tmp, blobs_dir, &digest, bytes.len() as u64)
 }
 
-fn persist_blob(tmp: tempfile::NamedTempFile, blobs_dir: &Path, digest: &str, size: u64) -> Result<Blob> {
+fn persist_blob(
+    tmp: tempfile::NamedTempFile,
+    blobs_dir: &Path,
+    digest: &str,
+    size: u64,
+) -> Result<Blob> {
     use std::os::unix::fs::PermissionsExt;
     let path = blobs_dir.join(digest.trim_start_matches("sha256:"));
     // Temp files are 0600; blobs are plain readable data.
@@ -269,7 +295,8 @@ mod tests {
     #[test]
     fn tree_adds_parents_and_refuses_dotdot() {
         let mut t = Tree::new();
-        t.insert("/a/b/c", Source::Symlink("x".into()), 0o777).unwrap();
+        t.insert("/a/b/c", Source::Symlink("x".into()), 0o777)
+            .unwrap();
         assert_eq!(t.entries.keys().collect::<Vec<_>>(), ["a", "a/b", "a/b/c"]);
         assert!(t.insert("a/../x", Source::Dir, 0o755).is_err());
         assert!(t.insert("/", Source::Dir, 0o755).is_err());

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 pub use apply::{ApplyError, apply_layer};
 pub use ext4::{Ext4Summary, ExtraFile, make_ext4};
 pub use image::{
-    BuiltImage, ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive,
-    write_oci_archive,
+    BuiltImage, ImageConfig, Metadata, build_image, docker_archive_from_files,
+    write_docker_archive, write_oci_archive,
 };
 pub use registry::{Auth, PushReport, export, export_rootfs, push, resolve_auth};
 pub use tarball::write_plain_tarball;
@@ -51,10 +51,7 @@ pub enum Error {
         message: String,
     },
     #[error("export: applying layer {digest}: {source}")]
-    Apply {
-        digest: String,
-        source: ApplyError,
-    },
+    Apply { digest: String, source: ApplyError },
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
 }
@@ -62,7 +59,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shorthand for mapping an `io::Error` to [`Error::Io`].
-pub(crate) fn io_err(stage: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(
+    stage: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io {
         stage,

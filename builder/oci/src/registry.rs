@@ -31,8 +31,8 @@ use oci_client::{Client, Reference};
 
 use crate::apply::Applier;
 use crate::image::{
-    Descriptor, Index, MEDIA_INDEX, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_MANIFEST, Platform, blob_path,
-    read_blob_verified, read_layout_manifest,
+    Descriptor, Index, MEDIA_INDEX, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_MANIFEST, Platform,
+    blob_path, read_blob_verified, read_layout_manifest,
 };
 use crate::{Error, Result, io_err};
 
@@ -72,7 +72,10 @@ fn parse_reference(reference: &str) -> Result<Reference> {
 
 /// Credentials for `registry` (`host[:port]`), see the module docs.
 pub fn resolve_auth(registry: &str) -> Result<Auth> {
-    if let (Ok(user), Ok(password)) = (std::env::var("USMOL_REGISTRY_USER"), std::env::var("USMOL_REGISTRY_PASSWORD")) {
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("USMOL_REGISTRY_USER"),
+        std::env::var("USMOL_REGISTRY_PASSWORD"),
+    ) {
         return Ok(Auth::Basic { user, password });
     }
     let config = match std::env::var_os("DOCKER_CONFIG") {
@@ -90,7 +93,8 @@ pub fn resolve_auth(registry: &str) -> Result<Auth> {
         path: config.clone(),
         message,
     };
-    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     let Some(auths) = json.get("auths").and_then(|a| a.as_object()) else {
         return Ok(Auth::Anonymous);
     };
@@ -109,7 +113,8 @@ pub fn resolve_auth(registry: &str) -> Result<Auth> {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth)
                 .map_err(|e| bad(format!("auths.{key}.auth is not base64: {e}")))?;
-            let decoded = String::from_utf8(decoded).map_err(|_| bad(format!("auths.{key}.auth is not UTF-8")))?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| bad(format!("auths.{key}.auth is not UTF-8")))?;
             let (user, password) = decoded
                 .split_once(':')
                 .ok_or_else(|| bad(format!("auths.{key}.auth is not user:password")))?;
@@ -133,7 +138,9 @@ pub fn resolve_auth(registry: &str) -> Result<Auth> {
 
 fn client_for(reference: &Reference) -> Client {
     let registry = reference.resolve_registry().to_owned();
-    let host = registry.rsplit_once(':').map_or(registry.as_str(), |(h, _)| h);
+    let host = registry
+        .rsplit_once(':')
+        .map_or(registry.as_str(), |(h, _)| h);
     let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.starts_with("127.");
     let listed = std::env::var("USMOL_REGISTRY_INSECURE")
         .map(|v| v.split(',').any(|r| r.trim() == registry))
@@ -169,14 +176,22 @@ fn registry_err(reference: &Reference, what: &str, e: OciDistributionError) -> E
             "{what}: authentication failed ({m}); check USMOL_REGISTRY_USER/USMOL_REGISTRY_PASSWORD or ~/.docker/config.json"
         ),
         OciDistributionError::ImageManifestNotFoundError(m) => {
-            format!("{what}: {} not found ({m}); check the name and tag", reference.whole())
+            format!(
+                "{what}: {} not found ({m}); check the name and tag",
+                reference.whole()
+            )
         }
         OciDistributionError::ServerError { code: 404, url, .. } => {
             format!("{what}: 404 not found at {url}; check the name and tag")
         }
         OciDistributionError::RegistryError { envelope, url }
             if envelope.errors.iter().any(|e| {
-                matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown)
+                matches!(
+                    e.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                )
             }) =>
         {
             format!("{what}: not found at {url} ({envelope}); check the name and tag")
@@ -191,7 +206,9 @@ fn registry_err(reference: &Reference, what: &str, e: OciDistributionError) -> E
                 "{what}: {url}: {envelope}; set USMOL_REGISTRY_USER/USMOL_REGISTRY_PASSWORD or `docker login {registry}`"
             )
         }
-        OciDistributionError::RegistryError { envelope, url } => format!("{what}: {url}: {envelope}"),
+        OciDistributionError::RegistryError { envelope, url } => {
+            format!("{what}: {url}: {envelope}")
+        }
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => format!(
             "{what}: registry unreachable ({r}); check the host/port, network, and USMOL_REGISTRY_INSECURE for plain-HTTP registries"
         ),
@@ -227,8 +244,11 @@ pub fn push(layout: &Path, reference: &str) -> Result<PushReport> {
                 skipped += 1;
                 continue;
             }
-            let file = tokio::fs::File::open(&path).await.map_err(io_err("push", &path))?;
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_err(OciDistributionError::from);
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(io_err("push", &path))?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                .map_err(OciDistributionError::from);
             client
                 .push_blob_stream(&r, stream, &blob.digest, Some(blob.size))
                 .await
@@ -237,7 +257,11 @@ pub fn push(layout: &Path, reference: &str) -> Result<PushReport> {
         }
         let by_digest = r.clone_with_digest(desc.digest.clone());
         client
-            .push_manifest_raw(&by_digest, manifest_bytes, MEDIA_MANIFEST.parse().expect("valid header"))
+            .push_manifest_raw(
+                &by_digest,
+                manifest_bytes,
+                MEDIA_MANIFEST.parse().expect("valid header"),
+            )
             .await
             .map_err(|e| registry_err(&r, "putting the manifest", e))?;
         let index = Index {
@@ -291,7 +315,10 @@ fn export_impl(source: &str, dir: &Path, usmol_only: bool) -> Result<PathBuf> {
         }
         std::fs::remove_dir(dir).map_err(io_err("export", dir))?;
     }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err("export", parent))?;
     let work = tempfile::Builder::new()
         .prefix(".usmol-export-")
@@ -333,13 +360,16 @@ fn export_impl(source: &str, dir: &Path, usmol_only: bool) -> Result<PathBuf> {
     for layer in &manifest.layers {
         let path = blob_path(&layout, &layer.digest)?;
         verify_file(&path, &layer.digest, layer.size)?;
-        let f = std::io::BufReader::new(std::fs::File::open(&path).map_err(io_err("export", &path))?);
+        let f =
+            std::io::BufReader::new(std::fs::File::open(&path).map_err(io_err("export", &path))?);
         let apply_err = |source| Error::Apply {
             digest: layer.digest.clone(),
             source,
         };
         match layer.media_type.as_str() {
-            MEDIA_LAYER_GZIP | MEDIA_DOCKER_LAYER => applier.apply(flate2::read::GzDecoder::new(f)).map_err(apply_err)?,
+            MEDIA_LAYER_GZIP | MEDIA_DOCKER_LAYER => applier
+                .apply(flate2::read::GzDecoder::new(f))
+                .map_err(apply_err)?,
             MEDIA_LAYER_TAR => applier.apply(f).map_err(apply_err)?,
             other => {
                 return Err(Error::Invalid {
@@ -360,7 +390,9 @@ fn export_impl(source: &str, dir: &Path, usmol_only: bool) -> Result<PathBuf> {
             return Err(Error::Invalid {
                 stage: "export",
                 path: PathBuf::from(source),
-                message: "image has no /usmol/run; not a usmol image (use export_rootfs for others)".into(),
+                message:
+                    "image has no /usmol/run; not a usmol image (use export_rootfs for others)"
+                        .into(),
             });
         }
         usmol
@@ -381,7 +413,9 @@ fn verify_file(path: &Path, digest: &str, size: u64) -> Result<()> {
         return Err(Error::Invalid {
             stage: "export",
             path: path.to_path_buf(),
-            message: format!("blob is {actual} ({n} bytes), expected {digest} ({size} bytes); refusing it"),
+            message: format!(
+                "blob is {actual} ({n} bytes), expected {digest} ({size} bytes); refusing it"
+            ),
         });
     }
     Ok(())
@@ -396,17 +430,23 @@ fn pull_to_layout(reference: &str, layout: &Path) -> Result<String> {
     let client = client_for(&r);
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io_err("export", &blobs))?;
-    let accepted = [MEDIA_MANIFEST, MEDIA_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST];
+    let accepted = [
+        MEDIA_MANIFEST,
+        MEDIA_INDEX,
+        MEDIA_DOCKER_MANIFEST,
+        MEDIA_DOCKER_LIST,
+    ];
     runtime()?.block_on(async {
         let (mut bytes, mut digest) = client
             .pull_manifest_raw(&r, &auth, &accepted)
             .await
             .map_err(|e| registry_err(&r, "fetching the manifest", e))?;
         for _ in 0..4 {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
-                registry: r.resolve_registry().to_owned(),
-                message: format!("manifest of {reference} is not JSON: {e}"),
-            })?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
+                    registry: r.resolve_registry().to_owned(),
+                    message: format!("manifest of {reference} is not JSON: {e}"),
+                })?;
             if v.get("manifests").is_none() {
                 break;
             }
@@ -417,7 +457,11 @@ fn pull_to_layout(reference: &str, layout: &Path) -> Result<String> {
             let pick = index
                 .manifests
                 .iter()
-                .find(|d| d.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == "amd64"))
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_none_or(|p| p.os == "linux" && p.architecture == "amd64")
+                })
                 .ok_or_else(|| Error::Registry {
                     registry: r.resolve_registry().to_owned(),
                     message: format!("{reference} has no linux/amd64 image"),
@@ -433,14 +477,17 @@ fn pull_to_layout(reference: &str, layout: &Path) -> Result<String> {
                 message: format!("manifest of {reference} does not match its digest {digest}"),
             });
         }
-        let manifest: crate::image::Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
-            registry: r.resolve_registry().to_owned(),
-            message: format!("manifest of {reference} is malformed: {e}"),
-        })?;
+        let manifest: crate::image::Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
+                registry: r.resolve_registry().to_owned(),
+                message: format!("manifest of {reference} is malformed: {e}"),
+            })?;
         crate::layer::write_blob(&bytes, &blobs)?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
             let path = blob_path(layout, &blob.digest)?;
-            let file = tokio::fs::File::create(&path).await.map_err(io_err("export", &path))?;
+            let file = tokio::fs::File::create(&path)
+                .await
+                .map_err(io_err("export", &path))?;
             let desc = OciDescriptor {
                 digest: blob.digest.clone(),
                 media_type: blob.media_type.clone(),
@@ -457,7 +504,10 @@ fn pull_to_layout(reference: &str, layout: &Path) -> Result<String> {
             manifests: vec![Descriptor {
                 annotations: [("org.opencontainers.image.ref.name".to_owned(), tag.clone())].into(),
                 digest,
-                media_type: manifest.media_type.clone().unwrap_or_else(|| MEDIA_MANIFEST.into()),
+                media_type: manifest
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| MEDIA_MANIFEST.into()),
                 platform: None,
                 size: bytes.len() as u64,
             }],
@@ -465,7 +515,8 @@ fn pull_to_layout(reference: &str, layout: &Path) -> Result<String> {
             schema_version: 2,
         };
         let p = layout.join("index.json");
-        std::fs::write(&p, serde_json::to_vec(&index).expect("plain struct")).map_err(io_err("export", &p))?;
+        std::fs::write(&p, serde_json::to_vec(&index).expect("plain struct"))
+            .map_err(io_err("export", &p))?;
         let p = layout.join("oci-layout");
         std::fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err("export", &p))?;
         Ok(tag)

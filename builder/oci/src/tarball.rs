@@ -14,13 +14,22 @@ const STAGE: &str = "plain tarball";
 const ZSTD_LEVEL: i32 = 15;
 
 /// Writes `<out_dir>/usmol-<version>.tar.zst` and returns its path.
-pub fn write_plain_tarball(artifact_dir: &Path, version: &str, out_dir: &Path, epoch: u64) -> Result<PathBuf> {
+pub fn write_plain_tarball(
+    artifact_dir: &Path,
+    version: &str,
+    out_dir: &Path,
+    epoch: u64,
+) -> Result<PathBuf> {
     let mut tree = Tree::new();
     tree.insert_dir("usmol", artifact_dir)?;
     std::fs::create_dir_all(out_dir).map_err(io_err(STAGE, out_dir))?;
     let out = out_dir.join(format!("usmol-{version}.tar.zst"));
     let tmp = tempfile::NamedTempFile::new_in(out_dir).map_err(io_err(STAGE, out_dir))?;
-    let file = std::io::BufWriter::new(tmp.as_file().try_clone().map_err(io_err(STAGE, tmp.path()))?);
+    let file = std::io::BufWriter::new(
+        tmp.as_file()
+            .try_clone()
+            .map_err(io_err(STAGE, tmp.path()))?,
+    );
     let enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(io_err(STAGE, tmp.path()))?;
     let enc = tree.write_tar(enc, epoch)?;
     let mut file = enc.finish().map_err(io_err(STAGE, tmp.path()))?;

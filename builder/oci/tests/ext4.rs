@@ -9,7 +9,14 @@ use usmol_oci::{ExtraFile, make_ext4};
 
 const EPOCH: u64 = 1_700_000_000;
 
-fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, mode: u32, uid: u64, data: &[u8]) {
+fn add(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
@@ -37,15 +44,50 @@ fn rootfs_tar(dir: &Path) -> std::path::PathBuf {
     add(&mut b, "usr/", tar::EntryType::Directory, 0o755, 0, b"");
     add(&mut b, "usr/bin/", tar::EntryType::Directory, 0o755, 0, b"");
     // security.capability as the rootfs crate writes it: a PAX record.
-    let cap = [1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let cap = [
+        1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
         .unwrap();
-    add(&mut b, "usr/bin/dockerd", tar::EntryType::Regular, 0o755, 0, &vec![7u8; 300_000]);
-    add(&mut b, "usr/bin/su", tar::EntryType::Regular, 0o4755, 0, b"#!/bin/sh\n");
-    link(&mut b, "usr/bin/su-again", tar::EntryType::Link, "usr/bin/su");
+    add(
+        &mut b,
+        "usr/bin/dockerd",
+        tar::EntryType::Regular,
+        0o755,
+        0,
+        &vec![7u8; 300_000],
+    );
+    add(
+        &mut b,
+        "usr/bin/su",
+        tar::EntryType::Regular,
+        0o4755,
+        0,
+        b"#!/bin/sh\n",
+    );
+    link(
+        &mut b,
+        "usr/bin/su-again",
+        tar::EntryType::Link,
+        "usr/bin/su",
+    );
     add(&mut b, "home/", tar::EntryType::Directory, 0o755, 0, b"");
-    add(&mut b, "home/user/", tar::EntryType::Directory, 0o700, 1000, b"");
-    add(&mut b, "home/user/with \"quote\" and space", tar::EntryType::Regular, 0o600, 1000, b"q");
+    add(
+        &mut b,
+        "home/user/",
+        tar::EntryType::Directory,
+        0o700,
+        1000,
+        b"",
+    );
+    add(
+        &mut b,
+        "home/user/with \"quote\" and space",
+        tar::EntryType::Regular,
+        0o600,
+        1000,
+        b"q",
+    );
     link(&mut b, "bin", tar::EntryType::Symlink, "usr/bin");
     let long = format!("/{}", "x".repeat(100));
     link(&mut b, "long-link", tar::EntryType::Symlink, &long);
@@ -66,7 +108,12 @@ fn rootfs_tar(dir: &Path) -> std::path::PathBuf {
 }
 
 fn debugfs(img: &Path, cmd: &str) -> String {
-    let out = Command::new("debugfs").arg("-R").arg(cmd).arg(img).output().unwrap();
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(cmd)
+        .arg(img)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -87,19 +134,29 @@ fn ext4_from_tarball_is_faithful_and_deterministic() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let sb = make_ext4(&tar, &extra, &b, EPOCH).unwrap();
     assert_eq!(sa, sb);
-    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "images differ");
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "images differ"
+    );
     eprintln!("ext4 summary: {sa:?}");
 
     // e2fsck already ran inside make_ext4; run it again as the test's own check.
     let fsck = Command::new("e2fsck").arg("-fn").arg(&a).output().unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 
     let dockerd = debugfs(&a, "stat /usr/bin/dockerd");
     assert!(dockerd.contains("Mode:  0755"), "{dockerd}");
     assert!(dockerd.contains("User:     0   Group:     0"), "{dockerd}");
     assert!(dockerd.contains("security.capability (20)"), "{dockerd}");
     assert!(dockerd.contains("Size: 300000"), "{dockerd}");
-    assert!(dockerd.contains("mtime: 0x6553f100"), "mtime not clamped: {dockerd}");
+    assert!(
+        dockerd.contains("mtime: 0x6553f100"),
+        "mtime not clamped: {dockerd}"
+    );
 
     let su = debugfs(&a, "stat /usr/bin/su");
     assert!(su.contains("Mode:  04755"), "{su}");
@@ -118,7 +175,10 @@ fn ext4_from_tarball_is_faithful_and_deterministic() {
     assert!(debugfs(&a, "stat /long-link").contains("Type: symlink"));
     assert_eq!(debugfs(&a, "cat /usr/lib/usmol/init"), "\x7fELF fake init");
     let init_stat = debugfs(&a, "stat /usr/lib/usmol/init");
-    assert!(init_stat.contains("Mode:  0755") && init_stat.contains("User:     0"), "{init_stat}");
+    assert!(
+        init_stat.contains("Mode:  0755") && init_stat.contains("User:     0"),
+        "{init_stat}"
+    );
 
     // No journal (read-only root) and a small image.
     let features = Command::new("dumpe2fs").arg("-h").arg(&a).output().unwrap();

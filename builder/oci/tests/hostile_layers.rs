@@ -16,7 +16,11 @@ fn entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: 
         old.linkname[..link.len()].copy_from_slice(link.as_bytes());
     }
     h.set_entry_type(kind);
-    h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     h.set_size(data.len() as u64);
     h.set_mtime(0);
     h.set_cksum();
@@ -58,12 +62,19 @@ fn assert_outside_untouched(s: &Sandbox) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, ["victim"], "something was written outside the root");
-    assert_eq!(std::fs::read(s.outside.join("victim")).unwrap(), b"original");
+    assert_eq!(
+        std::fs::read(s.outside.join("victim")).unwrap(),
+        b"original"
+    );
 }
 
 #[test]
 fn dotdot_paths_are_refused() {
-    for name in ["../outside/pwned", "a/../../outside/pwned", "/../outside/pwned"] {
+    for name in [
+        "../outside/pwned",
+        "a/../../outside/pwned",
+        "/../outside/pwned",
+    ] {
         let s = sandbox();
         let mut t = Vec::new();
         entry(&mut t, name, F, "", b"x");
@@ -110,11 +121,22 @@ fn symlink_from_a_lower_layer_is_not_followed() {
 fn file_over_a_symlink_replaces_the_link() {
     let s = sandbox();
     let mut t = Vec::new();
-    entry(&mut t, "link", S, s.outside.join("victim").to_str().unwrap(), b"");
+    entry(
+        &mut t,
+        "link",
+        S,
+        s.outside.join("victim").to_str().unwrap(),
+        b"",
+    );
     entry(&mut t, "link", F, "", b"replaced");
     apply_layer(&s.root, &finish(t)[..]).unwrap();
     assert_eq!(std::fs::read(s.root.join("link")).unwrap(), b"replaced");
-    assert!(!std::fs::symlink_metadata(s.root.join("link")).unwrap().file_type().is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(s.root.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_outside_untouched(&s);
 }
 
@@ -141,7 +163,13 @@ fn hardlinks_cannot_reach_outside() {
     // An absolute target is resolved inside the root, where it does not exist.
     let s = sandbox();
     let mut t = Vec::new();
-    entry(&mut t, "h", H, s.outside.join("victim").to_str().unwrap(), b"");
+    entry(
+        &mut t,
+        "h",
+        H,
+        s.outside.join("victim").to_str().unwrap(),
+        b"",
+    );
     assert!(apply_layer(&s.root, &finish(t)[..]).is_err());
     assert_outside_untouched(&s);
 }
@@ -155,7 +183,13 @@ fn hardlink_through_a_symlink_is_refused() {
     assert!(apply_layer(&s.root, &finish(t)[..]).is_err());
     // A hard link to a symlink itself is refused too.
     let mut t = Vec::new();
-    entry(&mut t, "l2", S, s.outside.join("victim").to_str().unwrap(), b"");
+    entry(
+        &mut t,
+        "l2",
+        S,
+        s.outside.join("victim").to_str().unwrap(),
+        b"",
+    );
     entry(&mut t, "h2", H, "l2", b"");
     assert!(apply_layer(&s.root, &finish(t)[..]).is_err());
     assert_outside_untouched(&s);
@@ -271,9 +305,15 @@ fn setuid_bits_are_dropped_and_readonly_dirs_still_filled() {
     h.set_cksum();
     t.extend_from_slice(h.as_bytes());
     apply_layer(&s.root, &finish(t)[..]).unwrap();
-    let m = std::fs::metadata(s.root.join("ro/suid")).unwrap().permissions().mode();
+    let m = std::fs::metadata(s.root.join("ro/suid"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(m & 0o7777, 0o755);
-    let d = std::fs::metadata(s.root.join("ro")).unwrap().permissions().mode();
+    let d = std::fs::metadata(s.root.join("ro"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(d & 0o7777, 0o555);
     std::fs::set_permissions(s.root.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }

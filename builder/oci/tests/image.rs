@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 use usmol_oci::image::write_oci_archive;
-use usmol_oci::{ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive};
+use usmol_oci::{
+    ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive,
+};
 
 const EPOCH: u64 = 1_700_000_000;
 
@@ -41,12 +43,19 @@ fn json(p: &Path) -> serde_json::Value {
 }
 
 fn blob(layout: &Path, digest: &str) -> Vec<u8> {
-    std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap()
+    std::fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap()
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -83,18 +92,29 @@ fn layout_is_valid_deterministic_and_layered() {
 
     // Every blob's name is its digest; the index, manifest and config agree.
     let layout = &one.layout;
-    assert_eq!(json(&layout.join("oci-layout"))["imageLayoutVersion"], "1.0.0");
+    assert_eq!(
+        json(&layout.join("oci-layout"))["imageLayoutVersion"],
+        "1.0.0"
+    );
     for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let bytes = std::fs::read(e.path()).unwrap();
-        assert_eq!(sha(&bytes), format!("sha256:{}", e.file_name().to_str().unwrap()));
+        assert_eq!(
+            sha(&bytes),
+            format!("sha256:{}", e.file_name().to_str().unwrap())
+        );
     }
     let index = json(&layout.join("index.json"));
     let refs: Vec<_> = index["manifests"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned())
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(refs, ["0.1.0", "latest"]);
     let mdesc = &index["manifests"][0];
@@ -103,13 +123,22 @@ fn layout_is_valid_deterministic_and_layered() {
     let manifest: serde_json::Value = serde_json::from_slice(&mbytes).unwrap();
     let cbytes = blob(layout, manifest["config"]["digest"].as_str().unwrap());
     let config: serde_json::Value = serde_json::from_slice(&cbytes).unwrap();
-    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/usmol/run"]));
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/usmol/run"])
+    );
     assert_eq!(config["created"], "2023-11-14T22:13:20Z");
     let labels = &config["config"]["Labels"];
     assert_eq!(labels["org.opencontainers.image.version"], "0.1.0");
     assert_eq!(labels["org.opencontainers.image.revision"], "0123abcd");
-    assert_eq!(labels["org.opencontainers.image.source"], "https://example.invalid/usmol");
-    assert_eq!(labels["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+    assert_eq!(
+        labels["org.opencontainers.image.source"],
+        "https://example.invalid/usmol"
+    );
+    assert_eq!(
+        labels["org.opencontainers.image.created"],
+        "2023-11-14T22:13:20Z"
+    );
 
     // Layers: gzip of a tar whose digest is the diff_id; base holds kernel,
     // disk and /tmp; top holds launcher and manifest.
@@ -117,7 +146,10 @@ fn layout_is_valid_deterministic_and_layered() {
     assert_eq!(layers.len(), 2);
     let mut lists = Vec::new();
     for (i, l) in layers.iter().enumerate() {
-        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
         let gz = blob(layout, l["digest"].as_str().unwrap());
         assert_eq!(gz.len() as u64, l["size"].as_u64().unwrap());
         let raw = gunzip(&gz);
@@ -177,7 +209,10 @@ fn docker_archive_has_docker_and_oci_shapes() {
     }
     let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let m = &manifest[0];
-    assert_eq!(m["RepoTags"], serde_json::json!(["usmol:0.1.0", "usmol:latest"]));
+    assert_eq!(
+        m["RepoTags"],
+        serde_json::json!(["usmol:0.1.0", "usmol:latest"])
+    );
     let config_path = m["Config"].as_str().unwrap();
     let config_bytes = &files[config_path];
     assert_eq!(sha(config_bytes), img.config.digest);
@@ -192,8 +227,13 @@ fn docker_archive_has_docker_and_oci_shapes() {
 
     let oci = d.path().join("oci.tar");
     write_oci_archive(&img, &oci, EPOCH).unwrap();
-    let names: Vec<_> = tar_list(&std::fs::read(&oci).unwrap()).into_iter().map(|e| e.0).collect();
-    assert!(names.contains(&"oci-layout".to_owned()) && !names.contains(&"manifest.json".to_owned()));
+    let names: Vec<_> = tar_list(&std::fs::read(&oci).unwrap())
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert!(
+        names.contains(&"oci-layout".to_owned()) && !names.contains(&"manifest.json".to_owned())
+    );
 }
 
 #[test]
@@ -228,10 +268,21 @@ fn export_from_layout_and_archive_gives_a_runnable_dir() {
     let out = d.path().join("exported");
     usmol_oci::export(img.layout.to_str().unwrap(), &out).unwrap();
     for f in ["run", "lib/linux", "lib/rootfs.ext4", "lib/manifest.json"] {
-        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(a.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(a.join(f)).unwrap(),
+            "{f}"
+        );
     }
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(out.join("run")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(out.join("run"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
 
     // From the docker archive tar too; a non-empty destination is refused.
     let tarball = d.path().join("docker.tar");
@@ -242,7 +293,10 @@ fn export_from_layout_and_archive_gives_a_runnable_dir() {
     assert!(usmol_oci::export(tarball.to_str().unwrap(), &out2).is_err());
 
     // A corrupted blob is refused.
-    let layer = img.layout.join("blobs/sha256").join(img.layers[1].blob.digest.trim_start_matches("sha256:"));
+    let layer = img
+        .layout
+        .join("blobs/sha256")
+        .join(img.layers[1].blob.digest.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&layer).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
@@ -272,5 +326,8 @@ fn hello_image_from_files() {
     assert_eq!(img.layers.len(), 1);
     let root = d.path().join("root");
     usmol_oci::export_rootfs(out.to_str().unwrap(), &root).unwrap();
-    assert_eq!(std::fs::read(root.join("hello")).unwrap(), b"\x7fELF static hello");
+    assert_eq!(
+        std::fs::read(root.join("hello")).unwrap(),
+        b"\x7fELF static hello"
+    );
 }

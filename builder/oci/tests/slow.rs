@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use usmol_oci::{ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive};
+use usmol_oci::{
+    ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive,
+};
 
 const EPOCH: u64 = 1_700_000_000;
 
@@ -22,7 +24,11 @@ fn slow() -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Registry {
@@ -41,7 +47,9 @@ impl Drop for Registry {
 fn start_registry() -> Option<Registry> {
     let bin = Path::new("/usr/bin/docker-registry");
     if !bin.exists() {
-        eprintln!("!!!!!! SKIPPED registry tests: /usr/bin/docker-registry missing (apt-get install -y docker-registry) !!!!!!");
+        eprintln!(
+            "!!!!!! SKIPPED registry tests: /usr/bin/docker-registry missing (apt-get install -y docker-registry) !!!!!!"
+        );
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +73,10 @@ fn start_registry() -> Option<Registry> {
         .unwrap();
     let start = Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "registry did not start on {addr}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "registry did not start on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Some(Registry {
@@ -117,10 +128,15 @@ fn push_is_idempotent_and_export_round_trips() {
     let out = d.path().join("exported");
     usmol_oci::export(&reference, &out).unwrap();
     for f in ["run", "lib/linux", "lib/rootfs.ext4", "lib/manifest.json"] {
-        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(a.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(a.join(f)).unwrap(),
+            "{f}"
+        );
     }
 
-    let err = usmol_oci::export(&format!("{}/usmol:nope", reg.addr), &d.path().join("x")).unwrap_err();
+    let err =
+        usmol_oci::export(&format!("{}/usmol:nope", reg.addr), &d.path().join("x")).unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
     assert!(!d.path().join("x").exists());
 }
@@ -129,9 +145,13 @@ fn push_is_idempotent_and_export_round_trips() {
 fn unreachable_registry_is_named() {
     let d = tempfile::tempdir().unwrap();
     let port = free_port();
-    let err = usmol_oci::export(&format!("127.0.0.1:{port}/usmol:1"), &d.path().join("x")).unwrap_err();
+    let err =
+        usmol_oci::export(&format!("127.0.0.1:{port}/usmol:1"), &d.path().join("x")).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("unreachable") && msg.contains(&port.to_string()), "{msg}");
+    assert!(
+        msg.contains("unreachable") && msg.contains(&port.to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -178,7 +198,11 @@ fn docker(args: &[&str]) -> String {
 /// A static `hello` built with gcc, the smallest binary a scratch image runs.
 fn static_hello(dir: &Path) -> Option<PathBuf> {
     let src = dir.join("hello.c");
-    std::fs::write(&src, "#include <stdio.h>\nint main(void){puts(\"hello from scratch\");return 0;}\n").unwrap();
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void){puts(\"hello from scratch\");return 0;}\n",
+    )
+    .unwrap();
     let bin = dir.join("hello");
     let ok = Command::new("gcc")
         .args(["-static", "-Os", "-o"])
@@ -195,7 +219,9 @@ fn docker_loads_and_runs_the_archives() {
         return;
     }
     if !docker_ok() {
-        eprintln!("!!!!!! SKIPPED docker load test: `docker info` fails (no engine reachable) !!!!!!");
+        eprintln!(
+            "!!!!!! SKIPPED docker load test: `docker info` fails (no engine reachable) !!!!!!"
+        );
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -230,13 +256,36 @@ fn docker_loads_and_runs_the_archives() {
     let archive = d.path().join("usmol.tar");
     write_docker_archive(&img, std::slice::from_ref(&name), &archive, EPOCH).unwrap();
     docker(&["load", "-i", archive.to_str().unwrap()]);
-    let inspect = docker(&["image", "inspect", "--format", "{{json .Config}} {{.Id}}", &name]);
-    assert!(inspect.contains(r#""Entrypoint":["/usmol/run"]"#), "{inspect}");
-    assert!(inspect.contains(r#""org.opencontainers.image.version":"0.1.0""#), "{inspect}");
-    assert!(inspect.contains(&img.config.digest), "image ID is the config digest: {inspect}");
+    let inspect = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config}} {{.Id}}",
+        &name,
+    ]);
+    assert!(
+        inspect.contains(r#""Entrypoint":["/usmol/run"]"#),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains(r#""org.opencontainers.image.version":"0.1.0""#),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains(&img.config.digest),
+        "image ID is the config digest: {inspect}"
+    );
     let out = docker(&["run", "--rm", "--network", "none", &name]);
     assert_eq!(out.trim(), "hello from scratch");
-    let tmp = docker(&["run", "--rm", "--network", "none", "--entrypoint", "/usmol/run", &name]);
+    let tmp = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/usmol/run",
+        &name,
+    ]);
     assert_eq!(tmp.trim(), "hello from scratch");
     docker(&["rmi", &name]);
 }
