@@ -8,8 +8,8 @@
 //! tarball: `write` for contents, then `sif` for mode, owner and times,
 //! `ea_set` for xattrs, `mknod`/`symlink`/`ln` for the rest. Everything that
 //! lands in the image comes from the tar headers, so the result does not
-//! depend on the user, umask or host filesystem, and any e2fsprogs >= 1.43
-//! works.
+//! depend on the user, umask or host filesystem; only long-standing debugfs
+//! commands are used (tested with 1.47.0).
 //!
 //! Determinism: the mke2fs profile is ours (the host's /etc/mke2fs.conf is
 //! ignored), the UUID and directory hash seed derive from a hash of the
