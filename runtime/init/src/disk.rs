@@ -60,6 +60,9 @@ pub fn prepare(device: &str, target: &str) -> Result<(), InitError> {
                 "usmol-docker",
                 "-E",
                 "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                // A small journal keeps the sparse disk file small.
+                "-J",
+                "size=64",
                 device,
             ]),
         )?;

@@ -54,11 +54,12 @@ pub fn start(user_args: &[String], env: &[(String, String)]) -> Result<Child, In
         .map_err(|e| InitError::Dockerd(format!("start dockerd: {e}; is docker.io in the root image?")))
 }
 
-/// Waits until dockerd answers `/_ping`, fails if it exits or times out.
-pub fn wait_ready(child: &mut Child, timeout: Duration) -> Result<(), InitError> {
+/// Waits until dockerd answers `/_ping`, fails if it exits or times out;
+/// returns early (Ok) when `cancelled` says the boot was interrupted.
+pub fn wait_ready(child: &mut Child, timeout: Duration, cancelled: &dyn Fn() -> bool) -> Result<(), InitError> {
     let start = Instant::now();
     loop {
-        if ping() {
+        if cancelled() || ping() {
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {

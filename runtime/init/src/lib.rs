@@ -49,6 +49,32 @@ pub enum InitError {
     Console { path: String, source: std::io::Error },
 }
 
+/// The command's pid once it runs (signals go to its process group).
+static COMMAND_PID: AtomicI32 = AtomicI32::new(0);
+/// A shutdown signal that arrived before the command started.
+static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Forwards a launcher signal to the command, or remembers it so the boot
+/// stops before the command starts.
+fn forward_signal(sig: i32) {
+    let p = COMMAND_PID.load(Ordering::SeqCst);
+    if p > 0 {
+        // SAFETY: kill(2) on the command's process group.
+        unsafe { libc::kill(-p, sig) };
+    } else {
+        PENDING_SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).ok();
+    }
+}
+
+/// The boot was interrupted by a launcher signal: finish as if the command
+/// had died of it.
+fn interrupted() -> Option<Finish> {
+    match PENDING_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(Finish { outcome: Outcome::Exited, code: exit::from_signal(sig), message: None }),
+    }
+}
+
 static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Progress and diagnostics to the kernel console (the launcher's log, never
@@ -235,6 +261,12 @@ fn boot(
     let req = Request::from_json(&text)
         .map_err(|e| setup(InitError::Request { path: req_path.clone(), detail: e.to_string() }))?;
     DEBUG.store(req.debug, Ordering::Relaxed);
+    // Control lines are read from here on, so a signal during boot stops it.
+    let control = console(CONTROL_TTY)?;
+    let _ = stdio::make_raw(&control);
+    let control_w = control.try_clone().ok();
+    let stdin_state = Arc::new(Mutex::new(stdio::StdinState::default()));
+    let _ = stdio::spawn_control_reader(control, stdin_state.clone(), forward_signal);
     set_hostname(&req.hostname);
     if let Err(e) = loopback_up() {
         log(&format!("bringing up lo failed: {e}"));
@@ -246,15 +278,26 @@ fn boot(
     log(&format!("mounts done at {:.3}", uptime()));
 
     let env = command_env(&req);
+    if let Some(f) = interrupted() {
+        return Ok(f);
+    }
     if req.docker {
         let mut child = docker::start(&req.dockerd_args, &env).map_err(|e| (Outcome::DockerdFailed, exit::DOCKERD_FAILED, e))?;
-        let ready = docker::wait_ready(&mut child, Duration::from_secs(req.dockerd_timeout_secs));
+        let ready = docker::wait_ready(&mut child, Duration::from_secs(req.dockerd_timeout_secs), &|| {
+            PENDING_SIGNAL.load(Ordering::SeqCst) != 0
+        });
         *dockerd = Some(child);
         ready.map_err(|e| (Outcome::DockerdFailed, exit::DOCKERD_FAILED, e))?;
+        if let Some(f) = interrupted() {
+            return Ok(f);
+        }
         timings.dockerd_ready = Some(uptime());
         log(&format!("dockerd ready at {:.3}", uptime()));
     }
-    run_command(&req, env, timings, consoles, copiers)
+    if let Some(f) = interrupted() {
+        return Ok(f);
+    }
+    run_command(&req, env, timings, consoles, copiers, stdin_state, control_w)
 }
 
 fn console(path: &str) -> Result<File, BootError> {
@@ -267,17 +310,16 @@ fn run_command(
     timings: &mut Timings,
     consoles: &mut Vec<File>,
     copiers: &mut Vec<std::thread::JoinHandle<()>>,
+    stdin_state: Arc<Mutex<stdio::StdinState>>,
+    control_w: Option<File>,
 ) -> Result<Finish, BootError> {
     let stdio_tty = console(STDIO_TTY)?;
-    let control = console(CONTROL_TTY)?;
-    let _ = stdio::make_raw(&control);
     let argv = command_argv(req, |p| std::path::Path::new(p).exists());
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     let cwd = if std::path::Path::new(&req.cwd).is_dir() { req.cwd.as_str() } else { "/" };
     cmd.current_dir(cwd);
 
-    let stdin_state = Arc::new(Mutex::new(stdio::StdinState::default()));
     let err_tty = if req.stdio.tty && req.stdio.stderr_on_tty { None } else { Some(console(STDERR_TTY)?) };
     if let Some(t) = &err_tty {
         let _ = stdio::make_raw(t);
@@ -331,18 +373,6 @@ fn run_command(
         }
     }
 
-    // Signals from the launcher go to the command's process group.
-    let pid = Arc::new(AtomicI32::new(0));
-    let pid_for_ctl = pid.clone();
-    let control_w = control.try_clone().ok();
-    let _ = stdio::spawn_control_reader(control, stdin_state.clone(), move |sig| {
-        let p = pid_for_ctl.load(Ordering::SeqCst);
-        if p > 0 {
-            // SAFETY: kill(2) on the command's process group.
-            unsafe { libc::kill(-p, sig) };
-        }
-    });
-
     if !req.stdio.tty {
         // Only now may the launcher send stdin: the tty is raw.
         if let Some(mut w) = control_w {
@@ -366,7 +396,12 @@ fn run_command(
     // Our copies of the pipe ends the command holds must go, or the
     // copiers never see end-of-file.
     drop(cmd);
-    pid.store(child.id() as i32, Ordering::SeqCst);
+    COMMAND_PID.store(child.id() as i32, Ordering::SeqCst);
+    // A signal that raced with the spawn.
+    let early = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
+    if early != 0 {
+        forward_signal(early);
+    }
     let code = reap_until(child.id() as i32);
     timings.command_done = Some(uptime());
     stdin_state.lock().unwrap().pipe = None;

@@ -245,7 +245,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let (cin_r, cin_w) = run::pipe().map_err(|e| io_err("control pipe", e))?;
     let (cout_r, cout_w) = run::pipe().map_err(|e| io_err("control pipe", e))?;
     let (stdin_fd, relay) = if tty {
-        (std::os::fd::OwnedFd::from(std::io::stdin().lock().as_fd_owned().map_err(|e| io_err("stdin", e))?), None)
+        (std::io::stdin().lock().as_fd_owned().map_err(|e| io_err("stdin", e))?, None)
     } else {
         let (r, w) = run::pipe().map_err(|e| io_err("stdin relay pipe", e))?;
         (std::os::fd::OwnedFd::from(r), Some(w))

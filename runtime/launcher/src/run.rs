@@ -255,10 +255,10 @@ pub fn spawn_control_reader(from: File, relay: Option<File>, control: Arc<Mutex<
         let reader = BufReader::new(from);
         for line in reader.lines() {
             let Ok(line) = line else { return };
-            if let Ok(Control::StdinReady) = Control::parse(&line) {
-                if let Some(r) = relay.take() {
-                    relay_stdin(r, control.clone());
-                }
+            if let Ok(Control::StdinReady) = Control::parse(&line)
+                && let Some(r) = relay.take()
+            {
+                relay_stdin(r, control.clone());
             }
         }
     });
