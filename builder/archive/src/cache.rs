@@ -210,7 +210,12 @@ impl Cache {
                 });
             }
             let hit = self.lookup(&d.sha256, d.size)?;
-            if hit.is_none() {
+            // One transfer per blob: two threads must never share a `.part`.
+            if hit.is_none()
+                && !missing
+                    .iter()
+                    .any(|&m: &usize| downloads[m].sha256 == d.sha256)
+            {
                 missing.push(i);
             }
             paths.push(hit);
@@ -254,7 +259,12 @@ impl Cache {
             let mut results = results.into_inner().unwrap();
             results.sort_by_key(|(i, _)| *i);
             for (i, r) in results {
-                paths[i] = Some(r?);
+                let path = r?;
+                for (p, d) in paths.iter_mut().zip(downloads) {
+                    if p.is_none() && d.sha256 == downloads[i].sha256 {
+                        *p = Some(path.clone());
+                    }
+                }
             }
         }
         paths

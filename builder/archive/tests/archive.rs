@@ -699,3 +699,16 @@ fn slow_real_mirror_guest_recipe() {
         }
     }
 }
+
+#[test]
+fn the_same_blob_twice_is_fetched_once() {
+    let fx = Fixture::new("dup", "include = [\"gcc-14-base\"]");
+    let lock = fx.lock(None).unwrap();
+    let mut doubled = lock.clone();
+    doubled.packages.push(lock.packages[0].clone());
+    fx.server.clear_log();
+    let fetched = fetch(&doubled, &fx.mirror(), &fx.cache()).unwrap();
+    assert_eq!(fetched.len(), 2);
+    assert_eq!(fetched[0].path, fetched[1].path);
+    assert_eq!(fx.server.requests().len(), 1);
+}
