@@ -1,2 +1,168 @@
-//! `usmol`: the builder's command line.
-fn main() {}
+//! `usmol`: the builder's command line, thin over the pipeline in `lib.rs`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use usmol::{ImageMeta, KernelOptions, MirrorChoice};
+use usmol_archive::Cache;
+
+#[derive(Parser)]
+#[command(name = "usmol", version, about = "Build, push and export usmol images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct FetchArgs {
+    /// Debian mirror URL (else $USMOL_MIRROR, the recipe, the host's apt sources).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Resolve the recipe anew and rewrite its lock file.
+    #[arg(long)]
+    update_lock: bool,
+}
+
+#[derive(clap::Args)]
+struct KernelArgs {
+    /// The recipe pinning the kernel source package.
+    #[arg(long, default_value = "recipes/kernel.toml")]
+    kernel_recipe: PathBuf,
+    /// Kernel config fragments.
+    #[arg(long, default_value = "kernel")]
+    fragments: PathBuf,
+    /// Kernel patches, applied in name order.
+    #[arg(long, default_value = "patches")]
+    patches: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Resolve a recipe against the archive and write its lock file.
+    Lock {
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Build a root filesystem (tarball, manifest and optionally a tree).
+    Rootfs {
+        #[arg(long, default_value = "recipes/usmol.toml")]
+        recipe: PathBuf,
+        #[arg(long, default_value = "out/rootfs")]
+        out: PathBuf,
+        /// Also write the root filesystem as a directory tree here.
+        #[arg(long)]
+        tree: Option<PathBuf>,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Build (or find in the cache) the UML kernel.
+    Kernel {
+        #[command(flatten)]
+        kernel: KernelArgs,
+        #[arg(long, default_value = "out/kernel")]
+        out: PathBuf,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Build every artifact: root disk, kernel, OCI image, docker archive,
+    /// plain tarball.
+    Image {
+        #[arg(long, default_value = "recipes/usmol.toml")]
+        recipe: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// The static launcher binary (`cargo xtask runtime` builds it).
+        #[arg(long)]
+        launcher: PathBuf,
+        /// The static init binary.
+        #[arg(long)]
+        init: PathBuf,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Push an OCI layout to a registry: `usmol push out/usmol-oci host/repo:tag`.
+    Push { layout: PathBuf, reference: String },
+    /// Pull an image (or read an OCI layout) into a runnable directory.
+    Export { source: String, dir: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let progress = std::io::stderr().is_terminal();
+    let cache_dir = usmol_archive::cache_dir();
+    let cache = Cache::new(&cache_dir).with_progress(progress);
+    match cli.command {
+        Command::Lock { recipe, mirror } => {
+            let fetched = usmol::fetch(&recipe, &MirrorChoice { flag: mirror }, true, &cache)?;
+            println!("{}: {} packages", recipe.display(), fetched.lock.packages.len());
+        }
+        Command::Rootfs { recipe, out, tree, fetch } => {
+            let fetched = usmol::fetch(&recipe, &MirrorChoice { flag: fetch.mirror }, fetch.update_lock, &cache)?;
+            let epoch = usmol::source_date_epoch(&fetched.lock)?;
+            let outputs = usmol::rootfs(&fetched, epoch, &out, tree.as_deref())?;
+            println!("rootfs:   {}", outputs.tarball.display());
+            println!("manifest: {}", outputs.manifest.display());
+        }
+        Command::Kernel { kernel, out, fetch } => {
+            let mirror = MirrorChoice { flag: fetch.mirror };
+            let fetched = usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
+            let artifact = usmol::kernel(&fetched, &kernel_options(&kernel, progress), &cache_dir)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for (from, name) in [(&artifact.binary, "linux"), (&artifact.config, "linux.config")] {
+                std::fs::copy(from, out.join(name)).with_context(|| format!("copying {}", from.display()))?;
+            }
+            println!("kernel: {} ({})", out.join("linux").display(), if artifact.cached { "cached" } else { "built" });
+        }
+        Command::Image { recipe, kernel, launcher, init, out, fetch } => {
+            let mirror = MirrorChoice { flag: fetch.mirror };
+            let userland = usmol::fetch(&recipe, &mirror, fetch.update_lock, &cache)?;
+            let kernel_fetched = usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
+            let epoch = usmol::source_date_epoch(&userland.lock)?;
+            let rootfs = usmol::rootfs(&userland, epoch, &out.join("rootfs"), None)?;
+            let linux = usmol::kernel(&kernel_fetched, &kernel_options(&kernel, progress), &cache_dir)?;
+            let meta = ImageMeta {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                revision: std::env::var("USMOL_REVISION").unwrap_or_else(|_| "unknown".into()),
+                source: env!("CARGO_PKG_REPOSITORY").to_owned(),
+                epoch,
+            };
+            let image = usmol::image(&rootfs, &linux, &launcher, &init, &meta, &out)?;
+            print_summary(&image);
+        }
+        Command::Push { layout, reference } => {
+            let report = usmol_oci::push(&layout, &reference)
+                .with_context(|| format!("push: {} to {reference}", layout.display()))?;
+            println!("pushed {reference}: {}", report.manifest_digest);
+        }
+        Command::Export { source, dir } => {
+            let runnable = usmol_oci::export(&source, &dir).with_context(|| format!("export: {source} to {}", dir.display()))?;
+            println!("exported {source}: run it with {}/run", runnable.display());
+        }
+    }
+    Ok(())
+}
+
+fn kernel_options(args: &KernelArgs, progress: bool) -> KernelOptions {
+    KernelOptions {
+        fragments_dir: args.fragments.clone(),
+        patches_dir: args.patches.clone(),
+        toolchain: usmol_kernel::Toolchain::Host,
+        progress,
+    }
+}
+
+fn print_summary(image: &usmol::ImageOutputs) {
+    let d = |p: &PathBuf| p.display().to_string();
+    println!("artifacts:");
+    println!("  runnable directory  {}      run: {}/run docker run --rm hello-world", d(&image.artifact_dir), d(&image.artifact_dir));
+    println!("  plain tarball       {}      run: tar xf <it> && ./usmol/run", d(&image.plain_tarball));
+    println!("  docker archive      {}      run: docker load -i <it> && docker run --rm {}", d(&image.docker_archive), image.tags.last().map_or("usmol:latest", String::as_str));
+    println!("  OCI layout          {}      push: usmol push <it> <registry>/<repo>:<tag>", d(&image.oci_layout));
+    println!("  OCI archive         {}      apptainer build usmol.sif oci-archive://<it>", d(&image.oci_archive));
+}

@@ -1,0 +1,265 @@
+//! The builder's pipeline: the stages that turn recipes, kernel fragments and
+//! the runtime binaries into every artifact, each stage a function over the
+//! crates that do the work.
+//!
+//! Stages, in order (see ARCHITECTURE.md):
+//! 1. fetch: recipe -> lock (resolved only when missing or asked) -> `.deb`s;
+//! 2. rootfs: `.deb`s -> deterministic tarball + manifest;
+//! 3. kernel: `linux-source` -> patched, configured, cached `linux`;
+//! 4. image: rootfs + init -> ext4 disk; disk + kernel + launcher -> the
+//!    artifact directory, the OCI layout and archive, the docker archive and
+//!    the plain tarball.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use usmol_archive::{Cache, FetchedPackage, Mirror};
+use usmol_recipe::{Lock, Recipe};
+
+/// Where the mirror comes from when a stage needs one.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorChoice {
+    /// `--mirror`, the strongest source.
+    pub flag: Option<String>,
+}
+
+impl MirrorChoice {
+    fn resolve(&self, recipe: &Recipe) -> Result<Mirror> {
+        usmol_archive::resolve_mirror(self.flag.as_deref(), recipe)
+            .context("fetch: choosing the Debian mirror")
+    }
+}
+
+/// A recipe with its lock, and the verified `.deb`s the lock pins.
+pub struct Fetched {
+    pub recipe: Recipe,
+    pub lock: Lock,
+    pub packages: Vec<FetchedPackage>,
+}
+
+/// Stage 1: the lock for `recipe_path` (resolved anew only when it is
+/// missing or `update_lock` is set), then every pinned `.deb` from the cache
+/// or the mirror.
+pub fn fetch(recipe_path: &Path, mirror: &MirrorChoice, update_lock: bool, cache: &Cache) -> Result<Fetched> {
+    let recipe = Recipe::load(recipe_path).context("fetch: reading the recipe")?;
+    let lock_path = Lock::path_for(recipe_path);
+    let recipe_sha = usmol_archive::recipe_sha256(recipe_path)?;
+    let previous = if lock_path.exists() {
+        Some(Lock::load(&lock_path).context("fetch: reading the lock file")?)
+    } else {
+        None
+    };
+    let lock = match previous {
+        Some(lock) if !update_lock => {
+            if lock.recipe_sha256 != recipe_sha {
+                bail!(
+                    "fetch: {} changed since {} was written; refresh the lock with --update-lock",
+                    recipe_path.display(),
+                    lock_path.display()
+                );
+            }
+            lock
+        }
+        previous => {
+            let mirror = mirror.resolve(&recipe)?;
+            eprintln!("usmol: resolving {} against {}", recipe_path.display(), mirror.join(""));
+            let lock = usmol_archive::lock(&recipe, recipe_path, &mirror, cache, previous.as_ref())
+                .with_context(|| format!("fetch: resolving {}", recipe_path.display()))?;
+            lock.save(&lock_path).context("fetch: writing the lock file")?;
+            eprintln!("usmol: wrote {} ({} packages)", lock_path.display(), lock.packages.len());
+            lock
+        }
+    };
+    let packages = fetch_locked(&recipe, &lock, mirror, cache)
+        .with_context(|| format!("fetch: downloading the packages of {}", lock_path.display()))?;
+    Ok(Fetched { recipe, lock, packages })
+}
+
+/// Downloads what the lock pins; a warm cache needs no mirror at all.
+fn fetch_locked(recipe: &Recipe, lock: &Lock, mirror: &MirrorChoice, cache: &Cache) -> Result<Vec<FetchedPackage>> {
+    let mut cached = Vec::with_capacity(lock.packages.len());
+    for package in &lock.packages {
+        match cache.lookup(&package.sha256, package.size)? {
+            Some(path) => cached.push(FetchedPackage {
+                package: package.clone(),
+                path,
+            }),
+            None => break,
+        }
+    }
+    if cached.len() == lock.packages.len() {
+        return Ok(cached);
+    }
+    let mirror = mirror.resolve(recipe)?;
+    Ok(usmol_archive::fetch(lock, &mirror, cache)?)
+}
+
+/// Stage 2 outputs.
+pub struct RootfsOutputs {
+    pub tarball: PathBuf,
+    pub manifest: PathBuf,
+}
+
+/// Stage 2: the rootfs tarball and manifest from fetched packages.
+pub fn rootfs(fetched: &Fetched, epoch: u64, out_dir: &Path, tree: Option<&Path>) -> Result<RootfsOutputs> {
+    let debs: Vec<usmol_rootfs::DebInput> = fetched
+        .packages
+        .iter()
+        .map(|f| usmol_rootfs::DebInput {
+            name: f.package.name.clone(),
+            version: f.package.version.clone(),
+            architecture: f.package.architecture.clone(),
+            source: f.package.source.clone(),
+            source_version: f.package.source_version.clone(),
+            sha256: f.package.sha256.clone(),
+            path: f.path.clone(),
+        })
+        .collect();
+    std::fs::create_dir_all(out_dir).with_context(|| format!("rootfs: creating {}", out_dir.display()))?;
+    let outputs = usmol_rootfs::Outputs {
+        dir: tree.map(Path::to_owned),
+        tarball: out_dir.join("rootfs.tar"),
+        manifest: out_dir.join("manifest.json"),
+    };
+    let summary = usmol_rootfs::build_rootfs(&debs, &fetched.recipe.rootfs, epoch, &outputs)
+        .context("rootfs: assembling the root filesystem")?;
+    for warning in &summary.warnings {
+        eprintln!("usmol: rootfs: {warning}");
+    }
+    eprintln!(
+        "usmol: rootfs: {} packages, {} entries, tarball sha256 {}",
+        summary.packages, summary.entries, summary.tarball_sha256
+    );
+    Ok(RootfsOutputs {
+        tarball: outputs.tarball,
+        manifest: outputs.manifest,
+    })
+}
+
+/// Stage 3 inputs beyond the kernel recipe.
+pub struct KernelOptions {
+    pub fragments_dir: PathBuf,
+    pub patches_dir: PathBuf,
+    pub toolchain: usmol_kernel::Toolchain,
+    pub progress: bool,
+}
+
+/// Stage 3: the kernel from the `linux-source` package the kernel recipe pins.
+pub fn kernel(fetched: &Fetched, options: &KernelOptions, cache: &Path) -> Result<usmol_kernel::KernelArtifact> {
+    let source = fetched
+        .packages
+        .iter()
+        .find(|f| f.package.name.starts_with("linux-source"))
+        .context("kernel: the kernel recipe pins no linux-source-X.Y package")?;
+    let inputs = usmol_kernel::KernelInputs {
+        source: source.path.clone(),
+        source_sha256: source.package.sha256.clone(),
+        fragments_dir: options.fragments_dir.clone(),
+        patches_dir: options.patches_dir.clone(),
+        toolchain: options.toolchain.clone(),
+        source_date_epoch: None,
+    };
+    let artifact = usmol_kernel::build(&inputs, cache, options.progress)
+        .with_context(|| format!("kernel: building {} {}", source.package.name, source.package.version))?;
+    Ok(artifact)
+}
+
+/// Build metadata for the image.
+pub struct ImageMeta {
+    pub version: String,
+    pub revision: String,
+    pub source: String,
+    pub epoch: u64,
+}
+
+/// Where stage 4 put everything.
+pub struct ImageOutputs {
+    pub artifact_dir: PathBuf,
+    pub oci_layout: PathBuf,
+    pub oci_archive: PathBuf,
+    pub docker_archive: PathBuf,
+    pub plain_tarball: PathBuf,
+    pub tags: Vec<String>,
+}
+
+/// Stage 4: the root disk, the artifact directory and every image format.
+pub fn image(
+    rootfs: &RootfsOutputs,
+    kernel: &usmol_kernel::KernelArtifact,
+    launcher: &Path,
+    init: &Path,
+    meta: &ImageMeta,
+    out_dir: &Path,
+) -> Result<ImageOutputs> {
+    let artifact_dir = out_dir.join("usmol");
+    let lib = artifact_dir.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("image: creating {}", lib.display()))?;
+    usmol_oci::make_ext4(
+        &rootfs.tarball,
+        &[usmol_oci::ExtraFile {
+            guest_path: "/usr/lib/usmol/init".into(),
+            host_path: init.to_owned(),
+            mode: 0o755,
+        }],
+        &lib.join("rootfs.ext4"),
+        meta.epoch,
+    )
+    .context("image: writing the root disk")?;
+    copy(&kernel.binary, &lib.join("linux"), 0o755)?;
+    copy(&kernel.config, &lib.join("linux.config"), 0o644)?;
+    copy(&rootfs.manifest, &lib.join("manifest.json"), 0o644)?;
+    copy(launcher, &artifact_dir.join("run"), 0o755)?;
+
+    let oci_meta = usmol_oci::Metadata {
+        version: meta.version.clone(),
+        revision: meta.revision.clone(),
+        source: meta.source.clone(),
+        epoch: meta.epoch,
+    };
+    let oci_layout = out_dir.join("usmol-oci");
+    let built = usmol_oci::build_image(&artifact_dir, &oci_meta, &oci_layout).context("image: writing the OCI layout")?;
+    let oci_archive = out_dir.join("usmol-oci.tar");
+    usmol_oci::write_oci_archive(&built, &oci_archive, meta.epoch).context("image: writing the OCI archive")?;
+    let docker_archive = out_dir.join("usmol-docker.tar");
+    let tags = oci_meta.tags();
+    usmol_oci::write_docker_archive(&built, &tags, &docker_archive, meta.epoch)
+        .context("image: writing the docker archive")?;
+    let plain_tarball = usmol_oci::write_plain_tarball(&artifact_dir, &meta.version, out_dir, meta.epoch)
+        .context("image: writing the plain tarball")?;
+    Ok(ImageOutputs {
+        artifact_dir,
+        oci_layout,
+        oci_archive,
+        docker_archive,
+        plain_tarball,
+        tags,
+    })
+}
+
+/// Copies `from` to `to` atomically with `mode`.
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("usmol-tmp");
+    std::fs::copy(from, &tmp).with_context(|| format!("image: copying {} to {}", from.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("image: setting the mode of {}", tmp.display()))?;
+    std::fs::rename(&tmp, to).with_context(|| format!("image: renaming {} to {}", tmp.display(), to.display()))
+}
+
+/// SOURCE_DATE_EPOCH when set, else the newest Release date in the lock, so
+/// the same inputs always give the same timestamps.
+pub fn source_date_epoch(lock: &Lock) -> Result<u64> {
+    if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        let text = value.to_string_lossy();
+        return text
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970"));
+    }
+    lock.releases
+        .iter()
+        .filter_map(|r| usmol_archive::release::parse_date(&r.date))
+        .map(|d| d.timestamp().max(0) as u64)
+        .max()
+        .context("the lock records no Release date; set SOURCE_DATE_EPOCH")
+}
