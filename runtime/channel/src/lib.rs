@@ -182,7 +182,9 @@ impl Control {
 
     /// Parses one line (without or with its trailing newline / CR).
     pub fn parse(line: &str) -> Result<Self, ControlParseError> {
-        let err = || ControlParseError { line: line.to_string() };
+        let err = || ControlParseError {
+            line: line.to_string(),
+        };
         let line_text = line.trim_end_matches(['\n', '\r']);
         if line_text == "stdin-ready" {
             return Ok(Control::StdinReady);
@@ -261,9 +263,13 @@ impl Status {
 /// A request or status file that does not match this build.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("invalid JSON: {0}; the launcher and the init in the root image must come from the same build")]
+    #[error(
+        "invalid JSON: {0}; the launcher and the init in the root image must come from the same build"
+    )]
     Json(serde_json::Error),
-    #[error("format version {found}, expected {FORMAT_VERSION}; the launcher and the init in the root image must come from the same build")]
+    #[error(
+        "format version {found}, expected {FORMAT_VERSION}; the launcher and the init in the root image must come from the same build"
+    )]
     Version { found: u32 },
 }
 
@@ -275,11 +281,21 @@ mod tests {
         Request {
             version: FORMAT_VERSION,
             argv: vec!["sh".into(), "-c".into(), "echo 'a b' \"$X\"\n".into()],
-            env: vec![("X".into(), "=y=".into()), ("LANG".into(), "C.UTF-8".into())],
+            env: vec![
+                ("X".into(), "=y=".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
             cwd: "/work dir".into(),
-            stdio: Stdio { tty: false, stderr_on_tty: false },
+            stdio: Stdio {
+                tty: false,
+                stderr_on_tty: false,
+            },
             hostname: "box".into(),
-            volumes: vec![Volume { share_path: "v/0".into(), guest_path: "/data".into(), read_only: true }],
+            volumes: vec![Volume {
+                share_path: "v/0".into(),
+                guest_path: "/data".into(),
+                read_only: true,
+            }],
             docker: true,
             dockerd_args: vec!["--debug".into()],
             entropy_seed: "00ff".into(),
@@ -298,9 +314,15 @@ mod tests {
     fn request_rejects_other_versions_and_unknown_fields() {
         let mut r = request();
         r.version = 99;
-        assert!(matches!(Request::from_json(&r.to_json()), Err(FormatError::Version { found: 99 })));
+        assert!(matches!(
+            Request::from_json(&r.to_json()),
+            Err(FormatError::Version { found: 99 })
+        ));
         let text = request().to_json().replacen('{', "{\"extra\": 1,", 1);
-        assert!(matches!(Request::from_json(&text), Err(FormatError::Json(_))));
+        assert!(matches!(
+            Request::from_json(&text),
+            Err(FormatError::Json(_))
+        ));
     }
 
     #[test]
@@ -310,7 +332,11 @@ mod tests {
             outcome: Outcome::NotFound,
             exit_code: 127,
             message: Some("nope: not found".into()),
-            timings: Timings { init_start: Some(0.3), command_done: Some(4.5), ..Default::default() },
+            timings: Timings {
+                init_start: Some(0.3),
+                command_done: Some(4.5),
+                ..Default::default()
+            },
         };
         assert_eq!(Status::from_json(&s.to_json()).unwrap(), s);
         assert!(s.to_json().contains("\"not_found\""));
@@ -318,7 +344,12 @@ mod tests {
 
     #[test]
     fn control_lines_round_trip() {
-        for c in [Control::StdinReady, Control::Signal(15), Control::StdinEof(0), Control::StdinEof(u64::MAX)] {
+        for c in [
+            Control::StdinReady,
+            Control::Signal(15),
+            Control::StdinEof(0),
+            Control::StdinEof(u64::MAX),
+        ] {
             assert_eq!(Control::parse(&c.encode()).unwrap(), c);
         }
         assert_eq!(Control::parse("signal 2\r\n").unwrap(), Control::Signal(2));

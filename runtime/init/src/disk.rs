@@ -22,7 +22,10 @@ pub fn fsck_ok(code: i32) -> bool {
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<i32, InitError> {
-    let out = cmd.output().map_err(|e| InitError::Disk { what: format!("start {what}"), detail: e.to_string() })?;
+    let out = cmd.output().map_err(|e| InitError::Disk {
+        what: format!("start {what}"),
+        detail: e.to_string(),
+    })?;
     let code = out.status.code().unwrap_or(128);
     if code != 0 {
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -38,9 +41,15 @@ pub fn prepare(device: &str, target: &str) -> Result<(), InitError> {
     let mut head = vec![0u8; 2048];
     std::fs::File::open(device)
         .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(|e| InitError::Disk { what: format!("read the start of {device}"), detail: e.to_string() })?;
+        .map_err(|e| InitError::Disk {
+            what: format!("read the start of {device}"),
+            detail: e.to_string(),
+        })?;
     if has_ext_superblock(&head) {
-        let code = run("fsck.ext4", Command::new("/sbin/fsck.ext4").args(["-p", device]))?;
+        let code = run(
+            "fsck.ext4",
+            Command::new("/sbin/fsck.ext4").args(["-p", device]),
+        )?;
         if !fsck_ok(code) {
             return Err(InitError::Disk {
                 what: format!("check {device}"),
@@ -67,14 +76,21 @@ pub fn prepare(device: &str, target: &str) -> Result<(), InitError> {
             ]),
         )?;
         if code != 0 {
-            return Err(InitError::Disk { what: format!("format {device}"), detail: format!("mkfs.ext4 exited {code}") });
+            return Err(InitError::Disk {
+                what: format!("format {device}"),
+                detail: format!("mkfs.ext4 exited {code}"),
+            });
         }
     }
-    std::fs::create_dir_all(target)
-        .map_err(|e| InitError::Disk { what: format!("create {target}"), detail: e.to_string() })?;
+    std::fs::create_dir_all(target).map_err(|e| InitError::Disk {
+        what: format!("create {target}"),
+        detail: e.to_string(),
+    })?;
     let mut sys = crate::sys::Linux;
-    crate::sys::Sys::mount(&mut sys, device, target, "ext4", 0, "")
-        .map_err(|e| InitError::Disk { what: format!("mount {device} on {target}"), detail: e.to_string() })
+    crate::sys::Sys::mount(&mut sys, device, target, "ext4", 0, "").map_err(|e| InitError::Disk {
+        what: format!("mount {device} on {target}"),
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -88,7 +104,10 @@ mod tests {
         head[1080] = 0x53;
         head[1081] = 0xEF;
         assert!(has_ext_superblock(&head));
-        assert!(!has_ext_superblock(&head[..1081]), "short read must not count");
+        assert!(
+            !has_ext_superblock(&head[..1081]),
+            "short read must not count"
+        );
         let mut shifted = vec![0u8; 2048];
         shifted[1081] = 0x53;
         shifted[1082] = 0xEF;

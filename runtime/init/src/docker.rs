@@ -28,9 +28,13 @@ pub fn ping_ok(response: &[u8]) -> bool {
 }
 
 fn ping() -> bool {
-    let Ok(mut s) = UnixStream::connect(SOCKET) else { return false };
+    let Ok(mut s) = UnixStream::connect(SOCKET) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = Vec::new();
@@ -41,8 +45,11 @@ fn ping() -> bool {
 /// Starts dockerd with its output in [`LOG`].
 pub fn start(user_args: &[String], env: &[(String, String)]) -> Result<Child, InitError> {
     let _ = std::fs::create_dir_all("/run/usmol");
-    let log = std::fs::File::create(LOG).map_err(|e| InitError::Dockerd(format!("create {LOG}: {e}")))?;
-    let log2 = log.try_clone().map_err(|e| InitError::Dockerd(format!("dup {LOG}: {e}")))?;
+    let log =
+        std::fs::File::create(LOG).map_err(|e| InitError::Dockerd(format!("create {LOG}: {e}")))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| InitError::Dockerd(format!("dup {LOG}: {e}")))?;
     Command::new("dockerd")
         .args(dockerd_args(user_args))
         .env_clear()
@@ -51,19 +58,29 @@ pub fn start(user_args: &[String], env: &[(String, String)]) -> Result<Child, In
         .stdout(log)
         .stderr(log2)
         .spawn()
-        .map_err(|e| InitError::Dockerd(format!("start dockerd: {e}; is docker.io in the root image?")))
+        .map_err(|e| {
+            InitError::Dockerd(format!(
+                "start dockerd: {e}; is docker.io in the root image?"
+            ))
+        })
 }
 
 /// Waits until dockerd answers `/_ping`, fails if it exits or times out;
 /// returns early (Ok) when `cancelled` says the boot was interrupted.
-pub fn wait_ready(child: &mut Child, timeout: Duration, cancelled: &dyn Fn() -> bool) -> Result<(), InitError> {
+pub fn wait_ready(
+    child: &mut Child,
+    timeout: Duration,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(), InitError> {
     let start = Instant::now();
     loop {
         if cancelled() || ping() {
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(InitError::Dockerd(format!("dockerd exited ({st}) before it was ready")));
+            return Err(InitError::Dockerd(format!(
+                "dockerd exited ({st}) before it was ready"
+            )));
         }
         if start.elapsed() > timeout {
             return Err(InitError::Dockerd(format!(
@@ -115,6 +132,9 @@ mod tests {
     #[test]
     fn user_args_come_after_defaults() {
         let a = dockerd_args(&["--debug".into()]);
-        assert_eq!(a, vec![format!("--host=unix://{SOCKET}"), "--debug".to_string()]);
+        assert_eq!(
+            a,
+            vec![format!("--host=unix://{SOCKET}"), "--debug".to_string()]
+        );
     }
 }

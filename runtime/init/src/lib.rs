@@ -28,17 +28,23 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use usmol_channel::{
-    exit, Control, Outcome, Request, Status, Timings, CONTROL_TTY, DOCKER_DISK, FORMAT_VERSION, GUEST_SHARE_MOUNT,
-    REQUEST_FILE, STATUS_FILE, STDERR_TTY, STDIO_TTY,
+    CONTROL_TTY, Control, DOCKER_DISK, FORMAT_VERSION, GUEST_SHARE_MOUNT, Outcome, REQUEST_FILE,
+    Request, STATUS_FILE, STDERR_TTY, STDIO_TTY, Status, Timings, exit,
 };
 
 /// Everything that can stop the boot before the command runs.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("{what}: {source}")]
-    Mount { what: String, source: std::io::Error },
+    Mount {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("cgroup setup: {what}: {source}")]
-    Cgroup { what: String, source: std::io::Error },
+    Cgroup {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("docker disk: {what}: {detail}")]
     Disk { what: String, detail: String },
     #[error("request file {path}: {detail}")]
@@ -46,7 +52,10 @@ pub enum InitError {
     #[error("{0}")]
     Dockerd(String),
     #[error("console {path}: {source}")]
-    Console { path: String, source: std::io::Error },
+    Console {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The command's pid once it runs (signals go to its process group).
@@ -62,7 +71,9 @@ fn forward_signal(sig: i32) {
         // SAFETY: kill(2) on the command's process group.
         unsafe { libc::kill(-p, sig) };
     } else {
-        PENDING_SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).ok();
+        PENDING_SIGNAL
+            .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+            .ok();
     }
 }
 
@@ -71,7 +82,11 @@ fn forward_signal(sig: i32) {
 fn interrupted() -> Option<Finish> {
     match PENDING_SIGNAL.load(Ordering::SeqCst) {
         0 => None,
-        sig => Some(Finish { outcome: Outcome::Exited, code: exit::from_signal(sig), message: None }),
+        sig => Some(Finish {
+            outcome: Outcome::Exited,
+            code: exit::from_signal(sig),
+            message: None,
+        }),
     }
 }
 
@@ -87,7 +102,10 @@ pub fn log(msg: &str) {
 
 /// Seconds since boot.
 pub fn uptime() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
@@ -117,7 +135,11 @@ pub fn command_argv(req: &Request, exists: impl Fn(&str) -> bool) -> Vec<String>
     if !req.argv.is_empty() {
         return req.argv.clone();
     }
-    let shell = if exists("/bin/bash") { "/bin/bash" } else { "/bin/sh" };
+    let shell = if exists("/bin/bash") {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     vec![shell.into(), "-l".into()]
 }
 
@@ -171,21 +193,34 @@ fn loopback_up() -> std::io::Result<()> {
 fn ensure_entropy(seed_hex: &str) {
     let mut probe = [0u8; 1];
     // SAFETY: valid buffer.
-    let rc = unsafe { libc::getrandom(probe.as_mut_ptr() as *mut libc::c_void, 1, libc::GRND_NONBLOCK) };
+    let rc = unsafe {
+        libc::getrandom(
+            probe.as_mut_ptr() as *mut libc::c_void,
+            1,
+            libc::GRND_NONBLOCK,
+        )
+    };
     if rc == 1 {
         return;
     }
     let seed: Vec<u8> = (0..seed_hex.len() / 2)
         .filter_map(|i| u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16).ok())
         .collect();
-    log(&format!("entropy pool not ready; crediting {} bytes from the host", seed.len()));
+    log(&format!(
+        "entropy pool not ready; crediting {} bytes from the host",
+        seed.len()
+    ));
     #[repr(C)]
     struct RandPoolInfo {
         entropy_count: libc::c_int,
         buf_size: libc::c_int,
         buf: [u8; 64],
     }
-    let mut info = RandPoolInfo { entropy_count: 0, buf_size: 0, buf: [0; 64] };
+    let mut info = RandPoolInfo {
+        entropy_count: 0,
+        buf_size: 0,
+        buf: [0; 64],
+    };
     let n = seed.len().min(64);
     info.buf[..n].copy_from_slice(&seed[..n]);
     info.entropy_count = (n * 8) as libc::c_int;
@@ -207,20 +242,36 @@ struct Finish {
 
 /// The whole life of the guest. Never returns.
 pub fn run() -> ! {
-    let mut timings = Timings { init_start: Some(uptime()), ..Default::default() };
+    let mut timings = Timings {
+        init_start: Some(uptime()),
+        ..Default::default()
+    };
     let mut sys = sys::Linux;
     let mut dockerd: Option<std::process::Child> = None;
     let mut consoles: Vec<File> = Vec::new();
     let mut copiers = Vec::new();
-    let finish = match boot(&mut sys, &mut timings, &mut dockerd, &mut consoles, &mut copiers) {
+    let finish = match boot(
+        &mut sys,
+        &mut timings,
+        &mut dockerd,
+        &mut consoles,
+        &mut copiers,
+    ) {
         Ok(f) => f,
         Err((outcome, code, e)) => {
             let mut msg = format!("usmol: guest setup failed: {e}");
             if outcome == Outcome::DockerdFailed {
-                msg.push_str(&format!("\nlast dockerd log lines:\n{}", docker::log_tail(20)));
+                msg.push_str(&format!(
+                    "\nlast dockerd log lines:\n{}",
+                    docker::log_tail(20)
+                ));
             }
             user_error(&msg);
-            Finish { outcome, code, message: Some(msg) }
+            Finish {
+                outcome,
+                code,
+                message: Some(msg),
+            }
         }
     };
     timings.command_done.get_or_insert(uptime());
@@ -256,10 +307,18 @@ fn boot(
     mounts::setup_cgroups(sys).map_err(setup)?;
     mounts::apply(sys, &[mounts::share_mount()]).map_err(setup)?;
     let req_path = format!("{GUEST_SHARE_MOUNT}/{REQUEST_FILE}");
-    let text = std::fs::read_to_string(&req_path)
-        .map_err(|e| setup(InitError::Request { path: req_path.clone(), detail: e.to_string() }))?;
-    let req = Request::from_json(&text)
-        .map_err(|e| setup(InitError::Request { path: req_path.clone(), detail: e.to_string() }))?;
+    let text = std::fs::read_to_string(&req_path).map_err(|e| {
+        setup(InitError::Request {
+            path: req_path.clone(),
+            detail: e.to_string(),
+        })
+    })?;
+    let req = Request::from_json(&text).map_err(|e| {
+        setup(InitError::Request {
+            path: req_path.clone(),
+            detail: e.to_string(),
+        })
+    })?;
     DEBUG.store(req.debug, Ordering::Relaxed);
     // Control lines are read from here on, so a signal during boot stops it.
     let control = console(CONTROL_TTY)?;
@@ -282,10 +341,13 @@ fn boot(
         return Ok(f);
     }
     if req.docker {
-        let mut child = docker::start(&req.dockerd_args, &env).map_err(|e| (Outcome::DockerdFailed, exit::DOCKERD_FAILED, e))?;
-        let ready = docker::wait_ready(&mut child, Duration::from_secs(req.dockerd_timeout_secs), &|| {
-            PENDING_SIGNAL.load(Ordering::SeqCst) != 0
-        });
+        let mut child = docker::start(&req.dockerd_args, &env)
+            .map_err(|e| (Outcome::DockerdFailed, exit::DOCKERD_FAILED, e))?;
+        let ready = docker::wait_ready(
+            &mut child,
+            Duration::from_secs(req.dockerd_timeout_secs),
+            &|| PENDING_SIGNAL.load(Ordering::SeqCst) != 0,
+        );
         *dockerd = Some(child);
         ready.map_err(|e| (Outcome::DockerdFailed, exit::DOCKERD_FAILED, e))?;
         if let Some(f) = interrupted() {
@@ -297,11 +359,24 @@ fn boot(
     if let Some(f) = interrupted() {
         return Ok(f);
     }
-    run_command(&req, env, timings, consoles, copiers, stdin_state, control_w)
+    run_command(
+        &req,
+        env,
+        timings,
+        consoles,
+        copiers,
+        stdin_state,
+        control_w,
+    )
 }
 
 fn console(path: &str) -> Result<File, BootError> {
-    stdio::open_tty(path).map_err(|e| setup(InitError::Console { path: path.into(), source: e }))
+    stdio::open_tty(path).map_err(|e| {
+        setup(InitError::Console {
+            path: path.into(),
+            source: e,
+        })
+    })
 }
 
 fn run_command(
@@ -316,18 +391,34 @@ fn run_command(
     let stdio_tty = console(STDIO_TTY)?;
     let argv = command_argv(req, |p| std::path::Path::new(p).exists());
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-    let cwd = if std::path::Path::new(&req.cwd).is_dir() { req.cwd.as_str() } else { "/" };
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let cwd = if std::path::Path::new(&req.cwd).is_dir() {
+        req.cwd.as_str()
+    } else {
+        "/"
+    };
     cmd.current_dir(cwd);
 
-    let err_tty = if req.stdio.tty && req.stdio.stderr_on_tty { None } else { Some(console(STDERR_TTY)?) };
+    let err_tty = if req.stdio.tty && req.stdio.stderr_on_tty {
+        None
+    } else {
+        Some(console(STDERR_TTY)?)
+    };
     if let Some(t) = &err_tty {
         let _ = stdio::make_raw(t);
     }
     if req.stdio.tty {
         let tty_for = |f: &File| f.try_clone().map(ProcStdio::from);
-        let io = |e| setup(InitError::Console { path: STDIO_TTY.into(), source: e });
-        cmd.stdin(tty_for(&stdio_tty).map_err(io)?).stdout(tty_for(&stdio_tty).map_err(io)?);
+        let io = |e| {
+            setup(InitError::Console {
+                path: STDIO_TTY.into(),
+                source: e,
+            })
+        };
+        cmd.stdin(tty_for(&stdio_tty).map_err(io)?)
+            .stdout(tty_for(&stdio_tty).map_err(io)?);
         // A new session with the stdio tty as controlling terminal, so
         // Ctrl-C and job control work.
         let fd = stdio_tty.as_raw_fd();
@@ -341,8 +432,18 @@ fn run_command(
             });
         }
     } else {
-        stdio::make_raw(&stdio_tty).map_err(|e| setup(InitError::Console { path: STDIO_TTY.into(), source: e }))?;
-        let io = |e| setup(InitError::Console { path: "pipe".into(), source: e });
+        stdio::make_raw(&stdio_tty).map_err(|e| {
+            setup(InitError::Console {
+                path: STDIO_TTY.into(),
+                source: e,
+            })
+        })?;
+        let io = |e| {
+            setup(InitError::Console {
+                path: "pipe".into(),
+                source: e,
+            })
+        };
         let (in_r, in_w) = stdio::pipe().map_err(io)?;
         let (out_r, out_w) = stdio::pipe().map_err(io)?;
         stdin_state.lock().unwrap().pipe = Some(in_w);
@@ -362,14 +463,27 @@ fn run_command(
     }
     match &err_tty {
         None => {
-            let e = stdio_tty.try_clone().map_err(|e| setup(InitError::Console { path: STDIO_TTY.into(), source: e }))?;
+            let e = stdio_tty.try_clone().map_err(|e| {
+                setup(InitError::Console {
+                    path: STDIO_TTY.into(),
+                    source: e,
+                })
+            })?;
             cmd.stderr(e);
         }
         Some(t) => {
-            let io = |e| setup(InitError::Console { path: STDERR_TTY.into(), source: e });
+            let io = |e| {
+                setup(InitError::Console {
+                    path: STDERR_TTY.into(),
+                    source: e,
+                })
+            };
             let (err_r, err_w) = stdio::pipe().map_err(io)?;
             cmd.stderr(err_w);
-            copiers.push(stdio::spawn_output_copier(err_r, t.try_clone().map_err(io)?));
+            copiers.push(stdio::spawn_output_copier(
+                err_r,
+                t.try_clone().map_err(io)?,
+            ));
         }
     }
 
@@ -385,12 +499,24 @@ fn run_command(
         Err(e) => {
             drop(cmd);
             let (outcome, code) = spawn_error_code(&e);
-            let msg = format!("usmol: {}: {}", argv[0], if code == exit::NOT_FOUND { "command not found".to_string() } else { e.to_string() });
+            let msg = format!(
+                "usmol: {}: {}",
+                argv[0],
+                if code == exit::NOT_FOUND {
+                    "command not found".to_string()
+                } else {
+                    e.to_string()
+                }
+            );
             stdin_state.lock().unwrap().pipe = None;
             user_error(&msg);
             consoles.push(stdio_tty);
             consoles.extend(err_tty);
-            return Ok(Finish { outcome, code, message: Some(msg) });
+            return Ok(Finish {
+                outcome,
+                code,
+                message: Some(msg),
+            });
         }
     };
     // Our copies of the pipe ends the command holds must go, or the
@@ -407,7 +533,11 @@ fn run_command(
     stdin_state.lock().unwrap().pipe = None;
     consoles.push(stdio_tty);
     consoles.extend(err_tty);
-    Ok(Finish { outcome: Outcome::Exited, code, message: None })
+    Ok(Finish {
+        outcome: Outcome::Exited,
+        code,
+        message: None,
+    })
 }
 
 /// Reaps every child (PID 1 inherits orphans) until `pid` exits; returns
@@ -432,7 +562,9 @@ fn reap_until(pid: i32) -> i32 {
 /// Whether any user-space process besides init is alive (kernel threads
 /// have an empty cmdline).
 fn user_processes_left() -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.flatten().any(|e| {
         let name = e.file_name();
         let name = name.to_string_lossy();
@@ -532,9 +664,15 @@ mod tests {
         Request {
             version: FORMAT_VERSION,
             argv: vec![],
-            env: vec![("PATH".into(), "/custom".into()), ("LANG".into(), "C.UTF-8".into())],
+            env: vec![
+                ("PATH".into(), "/custom".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
             cwd: "/".into(),
-            stdio: Stdio { tty: true, stderr_on_tty: true },
+            stdio: Stdio {
+                tty: true,
+                stderr_on_tty: true,
+            },
             hostname: "h".into(),
             volumes: vec![],
             docker: true,
@@ -547,7 +685,10 @@ mod tests {
 
     #[test]
     fn empty_argv_is_a_login_shell_preferring_bash() {
-        assert_eq!(command_argv(&req(), |p| p == "/bin/bash"), vec!["/bin/bash", "-l"]);
+        assert_eq!(
+            command_argv(&req(), |p| p == "/bin/bash"),
+            vec!["/bin/bash", "-l"]
+        );
         assert_eq!(command_argv(&req(), |_| false), vec!["/bin/sh", "-l"]);
         let mut r = req();
         r.argv = vec!["true".into()];
@@ -565,9 +706,18 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_shell() {
-        assert_eq!(spawn_error_code(&std::io::Error::from_raw_os_error(libc::ENOENT)), (Outcome::NotFound, 127));
-        assert_eq!(spawn_error_code(&std::io::Error::from_raw_os_error(libc::EACCES)).1, 126);
+        assert_eq!(
+            spawn_error_code(&std::io::Error::from_raw_os_error(libc::ENOENT)),
+            (Outcome::NotFound, 127)
+        );
+        assert_eq!(
+            spawn_error_code(&std::io::Error::from_raw_os_error(libc::EACCES)).1,
+            126
+        );
         assert_eq!(status_code(std::process::ExitStatus::from_raw(42 << 8)), 42);
-        assert_eq!(status_code(std::process::ExitStatus::from_raw(libc::SIGTERM)), 143);
+        assert_eq!(
+            status_code(std::process::ExitStatus::from_raw(libc::SIGTERM)),
+            143
+        );
     }
 }

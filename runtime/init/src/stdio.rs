@@ -19,7 +19,11 @@ use usmol_channel::Control;
 /// Opens a console tty without making it init's controlling terminal.
 pub fn open_tty(path: &str) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
 }
 
 /// Puts a tty in raw mode: bytes pass unchanged both ways, no echo.
@@ -46,7 +50,12 @@ pub fn pipe() -> io::Result<(File, File)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 returned two fresh fds we now own.
-    unsafe { Ok((File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1])))) }
+    unsafe {
+        Ok((
+            File::from(OwnedFd::from_raw_fd(fds[0])),
+            File::from(OwnedFd::from_raw_fd(fds[1])),
+        ))
+    }
 }
 
 /// Bookkeeping shared by the stdin copier and the control reader.
@@ -82,7 +91,12 @@ pub fn spawn_stdin_copier(mut tty: File, state: Arc<Mutex<StdinState>>) -> JoinH
             };
             // Write outside the lock: the pipe may be full for a while, and
             // the control reader must still be able to record `eof`.
-            let writer = state.lock().unwrap().pipe.as_ref().and_then(|p| p.try_clone().ok());
+            let writer = state
+                .lock()
+                .unwrap()
+                .pipe
+                .as_ref()
+                .and_then(|p| p.try_clone().ok());
             if let Some(mut w) = writer {
                 // EPIPE: the command closed its stdin; keep draining.
                 let _ = w.write_all(&buf[..n]);
@@ -165,7 +179,13 @@ mod tests {
 
     fn state_with_pipe() -> (Arc<Mutex<StdinState>>, File) {
         let (r, w) = pipe().unwrap();
-        (Arc::new(Mutex::new(StdinState { pipe: Some(w), ..Default::default() })), r)
+        (
+            Arc::new(Mutex::new(StdinState {
+                pipe: Some(w),
+                ..Default::default()
+            })),
+            r,
+        )
     }
 
     #[test]

@@ -9,7 +9,14 @@ use std::path::Path;
 /// The operations the boot plan performs.
 pub trait Sys {
     fn mkdir_all(&mut self, path: &str, mode: u32) -> io::Result<()>;
-    fn mount(&mut self, source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> io::Result<()>;
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: u64,
+        data: &str,
+    ) -> io::Result<()>;
     fn symlink(&mut self, target: &str, link: &str) -> io::Result<()>;
     fn write_file(&mut self, path: &str, content: &str) -> io::Result<()>;
     fn read_file(&mut self, path: &str) -> io::Result<String>;
@@ -19,22 +26,53 @@ pub trait Sys {
 pub struct Linux;
 
 fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} contains NUL")))
+    CString::new(s)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} contains NUL")))
 }
 
 impl Sys for Linux {
     fn mkdir_all(&mut self, path: &str, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
     }
 
-    fn mount(&mut self, source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: u64,
+        data: &str,
+    ) -> io::Result<()> {
         let (s, t, f, d) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
-        let data_ptr = if data.is_empty() { std::ptr::null() } else { d.as_ptr() as *const libc::c_void };
-        let fs_ptr = if fstype.is_empty() { std::ptr::null() } else { f.as_ptr() };
+        let data_ptr = if data.is_empty() {
+            std::ptr::null()
+        } else {
+            d.as_ptr() as *const libc::c_void
+        };
+        let fs_ptr = if fstype.is_empty() {
+            std::ptr::null()
+        } else {
+            f.as_ptr()
+        };
         // SAFETY: all pointers are valid NUL-terminated strings or null.
-        let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), fs_ptr, flags as libc::c_ulong, data_ptr) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        let rc = unsafe {
+            libc::mount(
+                s.as_ptr(),
+                t.as_ptr(),
+                fs_ptr,
+                flags as libc::c_ulong,
+                data_ptr,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn symlink(&mut self, target: &str, link: &str) -> io::Result<()> {
@@ -47,7 +85,11 @@ impl Sys for Linux {
     fn write_file(&mut self, path: &str, content: &str) -> io::Result<()> {
         // Kernel pseudo-files want one write() of the whole value.
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         f.write_all(content.as_bytes())
     }
 
@@ -71,7 +113,11 @@ impl Recorder {
     fn record(&mut self, call: String) -> io::Result<()> {
         let failing = self.fail.iter().any(|f| call.contains(f.as_str()));
         self.calls.push(call);
-        if failing { Err(io::Error::from_raw_os_error(libc::EBUSY)) } else { Ok(()) }
+        if failing {
+            Err(io::Error::from_raw_os_error(libc::EBUSY))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -80,8 +126,17 @@ impl Sys for Recorder {
     fn mkdir_all(&mut self, path: &str, mode: u32) -> io::Result<()> {
         self.record(format!("mkdir {path} {mode:o}"))
     }
-    fn mount(&mut self, source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
-        self.record(format!("mount {source} {target} {fstype} {flags:#x} {data}"))
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: u64,
+        data: &str,
+    ) -> io::Result<()> {
+        self.record(format!(
+            "mount {source} {target} {fstype} {flags:#x} {data}"
+        ))
     }
     fn symlink(&mut self, target: &str, link: &str) -> io::Result<()> {
         self.record(format!("symlink {link} -> {target}"))
@@ -92,6 +147,9 @@ impl Sys for Recorder {
     }
     fn read_file(&mut self, path: &str) -> io::Result<String> {
         self.calls.push(format!("read {path}"));
-        self.files.get(path).cloned().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 }

@@ -6,9 +6,24 @@ use std::path::Path;
 
 /// Variables forwarded to the guest command when set on the host.
 pub const ENV_ALLOW: &[&str] = &[
-    "TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "http_proxy", "https_proxy", "ftp_proxy", "no_proxy",
-    "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY", "DOCKER_BUILDKIT",
-    "BUILDKIT_PROGRESS", "NO_COLOR",
+    "TERM",
+    "COLORTERM",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "http_proxy",
+    "https_proxy",
+    "ftp_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "DOCKER_BUILDKIT",
+    "BUILDKIT_PROGRESS",
+    "NO_COLOR",
 ];
 
 /// The guest command's environment from the host's: the allow-list, every
@@ -18,7 +33,12 @@ pub fn guest_env(host: &[(String, String)]) -> Vec<(String, String)> {
     let extra: Vec<String> = host
         .iter()
         .find(|(k, _)| k == "USMOL_ENV")
-        .map(|(_, v)| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     host.iter()
         .filter(|(k, _)| {
@@ -76,7 +96,10 @@ pub fn flag(name: &str, value: Option<&str>, default: bool) -> Result<bool, Laun
         None => Ok(default),
         Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
         Some(v) if ["0", "false", "no", "off", ""].contains(&v.as_str()) => Ok(false),
-        Some(v) => Err(LaunchError::Config { what: format!("{name}={v:?}"), fix: "use 1 or 0".into() }),
+        Some(v) => Err(LaunchError::Config {
+            what: format!("{name}={v:?}"),
+            fix: "use 1 or 0".into(),
+        }),
     }
 }
 
@@ -94,7 +117,10 @@ impl Seccomp {
             None | Some("auto") | Some("") => Ok(Seccomp::Auto),
             Some("on") => Ok(Seccomp::On),
             Some("off") => Ok(Seccomp::Off),
-            Some(v) => Err(LaunchError::Config { what: format!("USMOL_SECCOMP={v:?}"), fix: "use on, off or auto".into() }),
+            Some(v) => Err(LaunchError::Config {
+                what: format!("USMOL_SECCOMP={v:?}"),
+                fix: "use on, off or auto".into(),
+            }),
         }
     }
     fn as_str(self) -> &'static str {
@@ -188,7 +214,10 @@ mod tests {
     use super::*;
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -205,13 +234,22 @@ mod tests {
             ("DOCKER_HOST", "tcp://x"),
         ]);
         let names: Vec<String> = guest_env(&host).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(names, vec!["TERM", "LC_ALL", "USMOL_DEBUG", "MY_TOKEN", "USMOL_ENV"]);
+        assert_eq!(
+            names,
+            vec!["TERM", "LC_ALL", "USMOL_DEBUG", "MY_TOKEN", "USMOL_ENV"]
+        );
     }
 
     #[test]
     fn dockerd_args_split_with_quotes() {
-        assert_eq!(split_args("  --debug --log-level=warn ").unwrap(), vec!["--debug", "--log-level=warn"]);
-        assert_eq!(split_args("--label 'a b' \"\"").unwrap(), vec!["--label", "a b", ""]);
+        assert_eq!(
+            split_args("  --debug --log-level=warn ").unwrap(),
+            vec!["--debug", "--log-level=warn"]
+        );
+        assert_eq!(
+            split_args("--label 'a b' \"\"").unwrap(),
+            vec!["--label", "a b", ""]
+        );
         assert!(split_args("'open").is_err());
         assert!(split_args("").unwrap().is_empty());
     }
@@ -245,7 +283,11 @@ mod tests {
              hostfs=/tmp/u/hostfs uml_dir=/tmp/u con=null ssl=null con0=null,fd:1 con1=fd:3,fd:4 con2=null,fd:5 \
              con3=fd:6,fd:7 quiet"
         );
-        let no_smp = KernelPlan { ncpus: None, debug: true, ..p };
+        let no_smp = KernelPlan {
+            ncpus: None,
+            debug: true,
+            ..p
+        };
         let line = kernel_args(&no_smp).join(" ");
         assert!(!line.contains("ncpus") && line.ends_with("loglevel=7"));
     }

@@ -25,7 +25,10 @@ pub fn assets(lib_override: Option<&str>) -> Result<Assets, LaunchError> {
             exe.parent().unwrap_or(Path::new("/")).join("lib")
         }
     };
-    let a = Assets { kernel: lib.join("linux"), rootfs: lib.join("rootfs.ext4") };
+    let a = Assets {
+        kernel: lib.join("linux"),
+        rootfs: lib.join("rootfs.ext4"),
+    };
     for p in [&a.kernel, &a.rootfs] {
         if !p.is_file() {
             return Err(LaunchError::Config {
@@ -44,10 +47,17 @@ fn read(path: &str) -> Option<String> {
 /// This process's cgroup v2 directory.
 fn cgroup_dir() -> PathBuf {
     let rel = read("/proc/self/cgroup")
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
         .unwrap_or_else(|| "/".into());
     let dir = PathBuf::from("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
-    if dir.join("memory.max").exists() || dir.join("cpu.max").exists() { dir } else { PathBuf::from("/sys/fs/cgroup") }
+    if dir.join("memory.max").exists() || dir.join("cpu.max").exists() {
+        dir
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
 }
 
 /// The memory limit of the container (cgroup v2, else v1), if any.
@@ -63,7 +73,8 @@ pub fn mem_total() -> Option<u64> {
 }
 
 pub fn cpu_max() -> Option<u32> {
-    read(&cgroup_dir().join("cpu.max").to_string_lossy()).and_then(|t| crate::sizing::parse_cpu_max(&t))
+    read(&cgroup_dir().join("cpu.max").to_string_lossy())
+        .and_then(|t| crate::sizing::parse_cpu_max(&t))
 }
 
 /// CPUs in this process's affinity mask.
@@ -87,8 +98,16 @@ pub fn seccomp_usable() -> bool {
         let pid = libc::fork();
         if pid == 0 {
             // Allow-everything filter: one BPF_RET|BPF_K SECCOMP_RET_ALLOW.
-            let mut insn = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 }];
-            let prog = libc::sock_fprog { len: 1, filter: insn.as_mut_ptr() };
+            let mut insn = [libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0x7fff_0000,
+            }];
+            let prog = libc::sock_fprog {
+                len: 1,
+                filter: insn.as_mut_ptr(),
+            };
             let ok = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
                 && libc::syscall(libc::SYS_seccomp, 1 /* SET_MODE_FILTER */, 0, &prog) == 0;
             libc::_exit(if ok { 0 } else { 1 });
@@ -97,7 +116,9 @@ pub fn seccomp_usable() -> bool {
             return false;
         }
         let mut status = 0;
-        libc::waitpid(pid, &mut status, 0) == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        libc::waitpid(pid, &mut status, 0) == pid
+            && libc::WIFEXITED(status)
+            && libc::WEXITSTATUS(status) == 0
     }
 }
 
@@ -122,9 +143,13 @@ fn statvfs(dir: &Path) -> Option<(u64, bool, bool)> {
 /// `None` lets the kernel fall back to a memfd (the memfd patch), which is
 /// what a plain `docker run` (noexec 64 MiB /dev/shm) gets.
 pub fn ram_dir(candidates: &[PathBuf], memory_bytes: u64) -> Option<PathBuf> {
-    candidates.iter().find(|d| {
-        statvfs(d).is_some_and(|(free, noexec, tmpfs)| tmpfs && !noexec && free >= memory_bytes) && writable(d)
-    }).cloned()
+    candidates
+        .iter()
+        .find(|d| {
+            statvfs(d).is_some_and(|(free, noexec, tmpfs)| tmpfs && !noexec && free >= memory_bytes)
+                && writable(d)
+        })
+        .cloned()
 }
 
 pub fn writable(dir: &Path) -> bool {
@@ -144,7 +169,10 @@ pub fn random_hex(n: usize) -> String {
 }
 
 pub fn hostname() -> String {
-    read("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "usmol".into())
+    read("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "usmol".into())
 }
 
 pub fn isatty(fd: i32) -> bool {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use usmol_channel::{exit, Outcome, Request, Status, Stdio, Volume, FORMAT_VERSION};
+use usmol_channel::{FORMAT_VERSION, Outcome, Request, Status, Stdio, Volume, exit};
 
 /// A launcher failure; each maps to an exit code with [`LaunchError::code`].
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,11 @@ pub enum LaunchError {
     #[error("{what}; fix: {fix}")]
     Config { what: String, fix: String },
     #[error("cannot run the kernel {kernel}: {detail}; fix: {fix}")]
-    Kernel { kernel: String, detail: String, fix: String },
+    Kernel {
+        kernel: String,
+        detail: String,
+        fix: String,
+    },
 }
 
 impl LaunchError {
@@ -72,17 +76,31 @@ pub fn exit_code(e: &Ending) -> (i32, Option<String>) {
         return (exit::from_signal(e.signal), None);
     }
     match e.uml_code {
-        Some(c) => (exit::KERNEL_PANIC, Some(format!("the guest stopped without a status (kernel exit code {c})"))),
-        None => (exit::KERNEL_PANIC, Some("the kernel process was killed".into())),
+        Some(c) => (
+            exit::KERNEL_PANIC,
+            Some(format!(
+                "the guest stopped without a status (kernel exit code {c})"
+            )),
+        ),
+        None => (
+            exit::KERNEL_PANIC,
+            Some("the kernel process was killed".into()),
+        ),
     }
 }
 
 /// Hints for kernel start failures recognized in the kernel log.
 pub fn kernel_failure_hint(log: &str) -> Option<&'static str> {
     if log.contains("must be not mounted noexec") || log.contains("Failed to choose tempdir") {
-        Some("guest RAM needs an exec-able tmpfs: run the container with `--tmpfs /tmp:exec` (and TMPDIR=/tmp), or use a kernel with the memfd patch")
-    } else if log.contains("ptrace") && (log.contains("failed") || log.contains("Operation not permitted")) {
-        Some("the container forbids ptrace and seccomp filters; allow one of them (docker's default seccomp profile allows both)")
+        Some(
+            "guest RAM needs an exec-able tmpfs: run the container with `--tmpfs /tmp:exec` (and TMPDIR=/tmp), or use a kernel with the memfd patch",
+        )
+    } else if log.contains("ptrace")
+        && (log.contains("failed") || log.contains("Operation not permitted"))
+    {
+        Some(
+            "the container forbids ptrace and seccomp filters; allow one of them (docker's default seccomp profile allows both)",
+        )
     } else if log.contains("Failed to lock") {
         Some("a disk file is locked by another UML process")
     } else {
@@ -138,10 +156,15 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     };
 
     let assets = host::assets(get("USMOL_LIB_DIR"))?;
-    let memory_mib = sizing::memory_mib(get("USMOL_MEMORY"), host::memory_limit(), host::mem_total())?;
+    let memory_mib =
+        sizing::memory_mib(get("USMOL_MEMORY"), host::memory_limit(), host::mem_total())?;
     let seccomp_ok = seccomp != config::Seccomp::Off && host::seccomp_usable();
     let ncpus = if seccomp_ok {
-        Some(sizing::cpus(get("USMOL_CPUS"), host::affinity_cpus(), host::cpu_max())?)
+        Some(sizing::cpus(
+            get("USMOL_CPUS"),
+            host::affinity_cpus(),
+            host::cpu_max(),
+        )?)
     } else {
         None
     };
@@ -149,12 +172,15 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let tmp_base = PathBuf::from(get("USMOL_TMPDIR").or(get("TMPDIR")).unwrap_or("/tmp"));
     let mut private = run::PrivateDir::create(&tmp_base)?;
     private.keep = keep;
-    let mounts = mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    let mounts =
+        mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
 
     // Docker disk: USMOL_DISK, else the state volume, else the private dir.
     let disk = match get("USMOL_DISK") {
         Some(p) => PathBuf::from(p),
-        None if mountinfo::is_mount_point(&mounts, STATE_DIR) => Path::new(STATE_DIR).join("docker.ext4"),
+        None if mountinfo::is_mount_point(&mounts, STATE_DIR) => {
+            Path::new(STATE_DIR).join("docker.ext4")
+        }
         None => private.path.join("docker.ext4"),
     };
     let disk_size = match get("USMOL_DISK_SIZE") {
@@ -166,7 +192,13 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     };
     let root_cow = private.path.join("root.cow");
     let hostfs_root = private.path.join("hostfs");
-    for p in [&assets.kernel, &assets.rootfs, &disk, &root_cow, &hostfs_root] {
+    for p in [
+        &assets.kernel,
+        &assets.rootfs,
+        &disk,
+        &root_cow,
+        &hostfs_root,
+    ] {
         config::check_kernel_path(p)?;
     }
     let _disk_lock = run::lock_disk(&disk, disk_size)?;
@@ -198,9 +230,18 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let request = Request {
         version: FORMAT_VERSION,
         argv: args,
-        env: config::guest_env(&env.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()),
-        cwd: std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into()),
-        stdio: Stdio { tty, stderr_on_tty: tty && host::isatty(2) },
+        env: config::guest_env(
+            &env.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>(),
+        ),
+        cwd: std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into()),
+        stdio: Stdio {
+            tty,
+            stderr_on_tty: tty && host::isatty(2),
+        },
         hostname: host::hostname(),
         volumes,
         docker,
@@ -214,7 +255,11 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let plan = config::KernelPlan {
         memory_mib,
         ncpus,
-        seccomp: if seccomp_ok { seccomp } else { config::Seccomp::Off },
+        seccomp: if seccomp_ok {
+            seccomp
+        } else {
+            config::Seccomp::Off
+        },
         root_cow: &root_cow,
         rootfs: &assets.rootfs,
         docker_disk: &disk,
@@ -232,20 +277,39 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("HOME".into(), private_str.clone()),
     ];
-    let candidates: Vec<PathBuf> =
-        [get("TMPDIR"), Some("/dev/shm"), Some("/tmp")].into_iter().flatten().map(PathBuf::from).collect();
+    let candidates: Vec<PathBuf> = [get("TMPDIR"), Some("/dev/shm"), Some("/tmp")]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .collect();
     match host::ram_dir(&candidates, memory_mib << 20) {
         Some(d) => kenv.push(("TMPDIR".into(), d.to_string_lossy().into_owned())),
         // A missing dir makes the kernel fall back to a memfd.
-        None => kenv.push(("TMPDIR".into(), private.path.join("no-ram-dir").to_string_lossy().into_owned())),
+        None => kenv.push((
+            "TMPDIR".into(),
+            private
+                .path
+                .join("no-ram-dir")
+                .to_string_lossy()
+                .into_owned(),
+        )),
     }
 
-    let io_err = |what: &str, e: std::io::Error| LaunchError::Config { what: format!("{what}: {e}"), fix: "check the open-file limit".into() };
+    let io_err = |what: &str, e: std::io::Error| LaunchError::Config {
+        what: format!("{what}: {e}"),
+        fix: "check the open-file limit".into(),
+    };
     let (log_r, log_w) = run::pipe().map_err(|e| io_err("kernel log pipe", e))?;
     let (cin_r, cin_w) = run::pipe().map_err(|e| io_err("control pipe", e))?;
     let (cout_r, cout_w) = run::pipe().map_err(|e| io_err("control pipe", e))?;
     let (stdin_fd, relay) = if tty {
-        (std::io::stdin().lock().as_fd_owned().map_err(|e| io_err("stdin", e))?, None)
+        (
+            std::io::stdin()
+                .lock()
+                .as_fd_owned()
+                .map_err(|e| io_err("stdin", e))?,
+            None,
+        )
     } else {
         let (r, w) = run::pipe().map_err(|e| io_err("stdin relay pipe", e))?;
         (std::os::fd::OwnedFd::from(r), Some(w))
@@ -254,7 +318,9 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         use std::os::fd::AsFd;
         // SAFETY: fds 1 and 2 are open for the life of the process.
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        b.as_fd().try_clone_to_owned().map_err(|e| io_err("stdio", e))
+        b.as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| io_err("stdio", e))
     };
     let wiring = run::Wiring {
         stdin: stdin_fd,
@@ -273,10 +339,13 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let log_file = std::fs::File::create(private.path.join("kernel.log")).ok();
     let (klog, log_thread) = run::spawn_log_reader(log_r, log_file, debug, uml_pid.clone());
     let t_spawn = t0.elapsed();
-    let mut child = run::spawn_kernel(&assets.kernel, &kargs, &kenv, wiring).map_err(|e| LaunchError::Kernel {
-        kernel: assets.kernel.display().to_string(),
-        detail: e.to_string(),
-        fix: "the file must be an executable, statically linked UML kernel; check the artifact".into(),
+    let mut child = run::spawn_kernel(&assets.kernel, &kargs, &kenv, wiring).map_err(|e| {
+        LaunchError::Kernel {
+            kernel: assets.kernel.display().to_string(),
+            detail: e.to_string(),
+            fix: "the file must be an executable, statically linked UML kernel; check the artifact"
+                .into(),
+        }
     })?;
     uml_pid.store(child.id() as i32, Ordering::SeqCst);
     run::spawn_control_reader(cout_r, relay, control.clone());
@@ -290,7 +359,9 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let _ = log_thread.join();
 
     let status_path = share.join(usmol_channel::STATUS_FILE);
-    let status = std::fs::read_to_string(&status_path).ok().and_then(|t| Status::from_json(&t).ok());
+    let status = std::fs::read_to_string(&status_path)
+        .ok()
+        .and_then(|t| Status::from_json(&t).ok());
     let ending = Ending {
         status: status.clone(),
         uml_code: wait.ok().and_then(|s| s.code()),
@@ -308,7 +379,10 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         }
     }
     if timings {
-        let t = status.as_ref().map(|s| s.timings.clone()).unwrap_or_default();
+        let t = status
+            .as_ref()
+            .map(|s| s.timings.clone())
+            .unwrap_or_default();
         eprintln!(
             "usmol: timings: launcher setup {:.3}s; guest uptime at init {}, mounts {}, dockerd ready {}, command start {}, command done {}, shutdown {}; wall total {:.3}s",
             t_spawn.as_secs_f64(),
@@ -325,7 +399,11 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         && st.outcome != Outcome::Exited
         && debug
     {
-        eprintln!("usmol: guest outcome {:?}: {}", st.outcome, st.message.as_deref().unwrap_or(""));
+        eprintln!(
+            "usmol: guest outcome {:?}: {}",
+            st.outcome,
+            st.message.as_deref().unwrap_or("")
+        );
     }
     Ok(code)
 }
@@ -348,26 +426,62 @@ mod tests {
     use usmol_channel::Timings;
 
     fn status(code: i32, outcome: Outcome) -> Status {
-        Status { version: FORMAT_VERSION, outcome, exit_code: code, message: None, timings: Timings::default() }
+        Status {
+            version: FORMAT_VERSION,
+            outcome,
+            exit_code: code,
+            message: None,
+            timings: Timings::default(),
+        }
     }
 
     #[test]
     fn guest_status_wins() {
-        let e = Ending { status: Some(status(42, Outcome::Exited)), uml_code: Some(42), panicked: false, signal: 0 };
+        let e = Ending {
+            status: Some(status(42, Outcome::Exited)),
+            uml_code: Some(42),
+            panicked: false,
+            signal: 0,
+        };
         assert_eq!(exit_code(&e), (42, None));
-        let e = Ending { status: Some(status(143, Outcome::Exited)), uml_code: None, panicked: false, signal: 15 };
+        let e = Ending {
+            status: Some(status(143, Outcome::Exited)),
+            uml_code: None,
+            panicked: false,
+            signal: 15,
+        };
         assert_eq!(exit_code(&e).0, 143);
-        let e = Ending { status: Some(status(121, Outcome::DockerdFailed)), uml_code: Some(121), panicked: false, signal: 0 };
+        let e = Ending {
+            status: Some(status(121, Outcome::DockerdFailed)),
+            uml_code: Some(121),
+            panicked: false,
+            signal: 0,
+        };
         assert_eq!(exit_code(&e), (121, None));
     }
 
     #[test]
     fn failures_without_status() {
-        let panic = Ending { status: None, uml_code: None, panicked: true, signal: 15 };
+        let panic = Ending {
+            status: None,
+            uml_code: None,
+            panicked: true,
+            signal: 15,
+        };
         assert_eq!(exit_code(&panic).0, exit::KERNEL_PANIC);
-        let killed = Ending { status: None, uml_code: None, panicked: false, signal: 15 };
+        let killed = Ending {
+            status: None,
+            uml_code: None,
+            panicked: false,
+            signal: 15,
+        };
         assert_eq!(exit_code(&killed), (143, None));
-        let silent = Ending { status: None, uml_code: Some(1), panicked: false, signal: 0 };
+        let silent = Ending {
+            status: None,
+            uml_code: Some(1),
+            panicked: false,
+            signal: 0,
+        };
         let (c, m) = exit_code(&silent);
         assert_eq!(c, exit::KERNEL_PANIC);
         assert!(m.unwrap().contains("exit code 1"));
@@ -375,15 +489,30 @@ mod tests {
 
     #[test]
     fn launcher_error_codes() {
-        assert_eq!(LaunchError::Config { what: "x".into(), fix: "y".into() }.code(), 125);
-        let k = LaunchError::Kernel { kernel: "k".into(), detail: "d".into(), fix: "f".into() };
+        assert_eq!(
+            LaunchError::Config {
+                what: "x".into(),
+                fix: "y".into()
+            }
+            .code(),
+            125
+        );
+        let k = LaunchError::Kernel {
+            kernel: "k".into(),
+            detail: "d".into(),
+            fix: "f".into(),
+        };
         assert_eq!(k.code(), 126);
         assert!(k.to_string().contains("fix: f"));
     }
 
     #[test]
     fn hints() {
-        assert!(kernel_failure_hint("/dev/shm must be not mounted noexec").unwrap().contains("--tmpfs /tmp:exec"));
+        assert!(
+            kernel_failure_hint("/dev/shm must be not mounted noexec")
+                .unwrap()
+                .contains("--tmpfs /tmp:exec")
+        );
         assert!(kernel_failure_hint("all good").is_none());
     }
 }

@@ -18,7 +18,12 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -41,20 +46,50 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
                 return None;
             }
             let read_only = fields[5].split(',').any(|o| o == "ro");
-            Some(MountEntry { mount_point: unescape(fields[4]), read_only, fstype: fields[sep + 1].to_string() })
+            Some(MountEntry {
+                mount_point: unescape(fields[4]),
+                read_only,
+                fstype: fields[sep + 1].to_string(),
+            })
         })
         .collect()
 }
 
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "mqueue", "securityfs", "debugfs", "tracefs",
-    "bpf", "fusectl", "configfs", "binfmt_misc", "hugetlbfs", "autofs", "pstore", "efivarfs", "nsfs",
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "mqueue",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "fusectl",
+    "configfs",
+    "binfmt_misc",
+    "hugetlbfs",
+    "autofs",
+    "pstore",
+    "efivarfs",
+    "nsfs",
 ];
 const SKIP_UNDER: &[&str] = &["/proc", "/sys", "/dev"];
-const SKIP_EXACT: &[&str] = &["/", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/etc/mtab"];
+const SKIP_EXACT: &[&str] = &[
+    "/",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/etc/mtab",
+];
 
 fn is_under(path: &str, dir: &str) -> bool {
-    path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The mounts to share with the guest, parents before children. `own` are
@@ -109,16 +144,37 @@ mod tests {
     fn parses_fields_and_escapes() {
         let e = parse(DOCKER);
         assert_eq!(e.len(), 16);
-        assert_eq!(e[12], MountEntry { mount_point: "/data dir".into(), read_only: false, fstype: "ext4".into() });
+        assert_eq!(
+            e[12],
+            MountEntry {
+                mount_point: "/data dir".into(),
+                read_only: false,
+                fstype: "ext4".into()
+            }
+        );
         assert!(e[11].read_only);
-        assert_eq!(e[14].mount_point, "/src/cache", "optional fields before '-' are skipped");
+        assert_eq!(
+            e[14].mount_point, "/src/cache",
+            "optional fields before '-' are skipped"
+        );
     }
 
     #[test]
     fn selects_only_user_volumes() {
         let v = volumes(&parse(DOCKER), &["/var/lib/usmol"]);
-        let points: Vec<(&str, bool)> = v.iter().map(|e| (e.mount_point.as_str(), e.read_only)).collect();
-        assert_eq!(points, vec![("/src", true), ("/data dir", false), ("/src/cache", false), ("/tmp", false)]);
+        let points: Vec<(&str, bool)> = v
+            .iter()
+            .map(|e| (e.mount_point.as_str(), e.read_only))
+            .collect();
+        assert_eq!(
+            points,
+            vec![
+                ("/src", true),
+                ("/data dir", false),
+                ("/src/cache", false),
+                ("/tmp", false)
+            ]
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Running the UML process: fd wiring, the kernel log, the control line,
 //! stdin relay, signals, the shutdown deadline.
 
-use crate::config::fds;
 use crate::LaunchError;
+use crate::config::fds;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,7 +25,12 @@ pub fn pipe() -> std::io::Result<(File, File)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fresh fds we own.
-    unsafe { Ok((File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1])))) }
+    unsafe {
+        Ok((
+            File::from(OwnedFd::from_raw_fd(fds[0])),
+            File::from(OwnedFd::from_raw_fd(fds[1])),
+        ))
+    }
 }
 
 /// A close-on-exec duplicate of `fd` numbered above the fds the child
@@ -86,17 +91,25 @@ impl Drop for PrivateDir {
 /// Opens (creating it sparse if missing) and exclusively locks the docker
 /// disk; the lock lives as long as the returned file.
 pub fn lock_disk(path: &Path, size: u64) -> Result<File, LaunchError> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| {
-        LaunchError::Config {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| LaunchError::Config {
             what: format!("opening docker disk {}: {e}", path.display()),
             fix: "make its directory writable by this user, or set USMOL_DISK".into(),
-        }
-    })?;
+        })?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(LaunchError::Config {
-            what: format!("docker disk {} is in use by another usmol instance", path.display()),
-            fix: "stop the other instance, or give this one its own state volume / USMOL_DISK".into(),
+            what: format!(
+                "docker disk {} is in use by another usmol instance",
+                path.display()
+            ),
+            fix: "stop the other instance, or give this one its own state volume / USMOL_DISK"
+                .into(),
         });
     }
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -120,7 +133,12 @@ pub struct Wiring {
 }
 
 /// Starts the kernel with its fds in place and an emptied signal mask.
-pub fn spawn_kernel(kernel: &Path, args: &[String], env: &[(String, String)], w: Wiring) -> std::io::Result<Child> {
+pub fn spawn_kernel(
+    kernel: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    w: Wiring,
+) -> std::io::Result<Child> {
     let map: Vec<(OwnedFd, RawFd)> = vec![
         (dup_high(w.log.as_raw_fd())?, fds::LOG),
         (dup_high(w.log.as_raw_fd())?, 2),
@@ -132,7 +150,10 @@ pub fn spawn_kernel(kernel: &Path, args: &[String], env: &[(String, String)], w:
     ];
     let raw: Vec<(RawFd, RawFd)> = map.iter().map(|(f, to)| (f.as_raw_fd(), *to)).collect();
     let mut cmd = Command::new(kernel);
-    cmd.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
     // SAFETY: dup2 and sigprocmask are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -161,7 +182,13 @@ pub struct KernelLog {
 
 impl KernelLog {
     pub fn tail_text(&self) -> String {
-        self.tail.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+        self.tail
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
     pub fn contains(&self, needle: &str) -> bool {
         self.tail.lock().unwrap().iter().any(|l| l.contains(needle))
@@ -179,7 +206,10 @@ pub fn spawn_log_reader(
     echo: bool,
     uml_pid: Arc<AtomicI32>,
 ) -> (Arc<KernelLog>, std::thread::JoinHandle<()>) {
-    let log = Arc::new(KernelLog { tail: Mutex::new(VecDeque::new()), panicked: AtomicBool::new(false) });
+    let log = Arc::new(KernelLog {
+        tail: Mutex::new(VecDeque::new()),
+        panicked: AtomicBool::new(false),
+    });
     let l = log.clone();
     let h = std::thread::spawn(move || {
         let mut file = file;
@@ -194,7 +224,9 @@ pub fn spawn_log_reader(
             if let Some(f) = file.as_mut() {
                 let _ = f.write_all(&buf);
             }
-            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
             if echo {
                 eprintln!("{line}");
             }
@@ -241,7 +273,10 @@ fn relay_stdin(relay: File, control: Arc<Mutex<File>>) {
                 Err(_) => break,
             }
         }
-        let _ = control.lock().unwrap().write_all(Control::StdinEof(total).encode().as_bytes());
+        let _ = control
+            .lock()
+            .unwrap()
+            .write_all(Control::StdinEof(total).encode().as_bytes());
         // The relay pipe stays open: closing it would hang up the tty and
         // drop bytes the guest has not read yet.
         std::mem::forget(relay);
@@ -294,14 +329,20 @@ pub fn spawn_signal_forwarder(
                 continue;
             }
             let first = got_signal.swap(sig, Ordering::SeqCst) == 0;
-            let _ = control.lock().unwrap().write_all(Control::Signal(sig).encode().as_bytes());
+            let _ = control
+                .lock()
+                .unwrap()
+                .write_all(Control::Signal(sig).encode().as_bytes());
             if first {
                 let pid = uml_pid.clone();
                 std::thread::spawn(move || {
                     std::thread::sleep(SHUTDOWN_GRACE);
                     let p = pid.load(Ordering::SeqCst);
                     if p > 0 {
-                        eprintln!("usmol: the guest did not stop within {} s; killing it", SHUTDOWN_GRACE.as_secs());
+                        eprintln!(
+                            "usmol: the guest did not stop within {} s; killing it",
+                            SHUTDOWN_GRACE.as_secs()
+                        );
                         // SAFETY: kill(2) on our child.
                         unsafe { libc::kill(p, libc::SIGKILL) };
                     }
@@ -353,7 +394,9 @@ mod tests {
 
     #[test]
     fn panic_detection() {
-        assert!(is_panic_line("[    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"));
+        assert!(is_panic_line(
+            "[    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+        ));
         assert!(!is_panic_line("panic=1"));
     }
 
@@ -364,7 +407,10 @@ mod tests {
         let a = lock_disk(&disk, 1 << 30).unwrap();
         assert_eq!(a.metadata().unwrap().len(), 1 << 30);
         use std::os::unix::fs::MetadataExt;
-        assert!(a.metadata().unwrap().blocks() < 64, "the disk file must be sparse");
+        assert!(
+            a.metadata().unwrap().blocks() < 64,
+            "the disk file must be sparse"
+        );
         let e = lock_disk(&disk, 1 << 30).unwrap_err().to_string();
         assert!(e.contains("in use by another usmol instance"), "{e}");
         drop(a);
@@ -376,7 +422,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = PrivateDir::create(&std::env::temp_dir()).unwrap();
         let p = dir.path.clone();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         drop(dir);
         assert!(!p.exists());
     }

@@ -48,7 +48,11 @@ pub fn parse_meminfo_total(text: &str) -> Option<u64> {
 
 /// Guest RAM in MiB: the override, else 3/4 of the cgroup limit, else half
 /// the host RAM capped at [`DEFAULT_MAX_MEMORY`].
-pub fn memory_mib(override_: Option<&str>, cgroup_limit: Option<u64>, mem_total: Option<u64>) -> Result<u64, LaunchError> {
+pub fn memory_mib(
+    override_: Option<&str>,
+    cgroup_limit: Option<u64>,
+    mem_total: Option<u64>,
+) -> Result<u64, LaunchError> {
     let bytes = match override_ {
         Some(text) => parse_size(text).ok_or_else(|| LaunchError::Config {
             what: format!("USMOL_MEMORY={text:?}"),
@@ -87,14 +91,22 @@ pub fn parse_cpu_max(text: &str) -> Option<u32> {
 /// booting dockerd (measured: dockerd ready 4.6 s with 1 CPU, 6.4-6.9 s
 /// with 2). `auto` takes min(affinity, cpu.max); a number is used as is.
 /// Capped at [`MAX_CPUS`].
-pub fn cpus(override_: Option<&str>, affinity: u32, cpu_max: Option<u32>) -> Result<u32, LaunchError> {
+pub fn cpus(
+    override_: Option<&str>,
+    affinity: u32,
+    cpu_max: Option<u32>,
+) -> Result<u32, LaunchError> {
     let n = match override_.map(str::trim) {
         None | Some("") => 1,
         Some("auto") => affinity.max(1).min(cpu_max.unwrap_or(u32::MAX)),
-        Some(text) => text.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| LaunchError::Config {
-            what: format!("USMOL_CPUS={text:?}"),
-            fix: format!("use auto or a whole number from 1 to {MAX_CPUS}"),
-        })?,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| LaunchError::Config {
+                what: format!("USMOL_CPUS={text:?}"),
+                fix: format!("use auto or a whole number from 1 to {MAX_CPUS}"),
+            })?,
     };
     Ok(n.min(MAX_CPUS))
 }
@@ -119,17 +131,32 @@ mod tests {
         assert_eq!(parse_memory_limit("max\n"), None);
         assert_eq!(parse_memory_limit("9223372036854771712"), None);
         assert_eq!(parse_memory_limit("4294967296\n"), Some(4 * GIB));
-        assert_eq!(parse_meminfo_total("MemTotal:       24684092 kB\nMemFree: 1 kB\n"), Some(24684092 * 1024));
+        assert_eq!(
+            parse_meminfo_total("MemTotal:       24684092 kB\nMemFree: 1 kB\n"),
+            Some(24684092 * 1024)
+        );
     }
 
     #[test]
     fn memory_rules() {
-        assert_eq!(memory_mib(None, Some(4 * GIB), Some(64 * GIB)).unwrap(), 3072);
+        assert_eq!(
+            memory_mib(None, Some(4 * GIB), Some(64 * GIB)).unwrap(),
+            3072
+        );
         assert_eq!(memory_mib(None, None, Some(24 * GIB)).unwrap(), 4096);
         assert_eq!(memory_mib(None, None, Some(2 * GIB)).unwrap(), 1024);
         assert_eq!(memory_mib(None, None, None).unwrap(), 2048);
-        assert_eq!(memory_mib(Some("1G"), Some(128 * MIB), None).unwrap(), 1024, "override wins");
-        assert!(memory_mib(None, Some(256 * MIB), None).unwrap_err().to_string().contains("USMOL_MEMORY"));
+        assert_eq!(
+            memory_mib(Some("1G"), Some(128 * MIB), None).unwrap(),
+            1024,
+            "override wins"
+        );
+        assert!(
+            memory_mib(None, Some(256 * MIB), None)
+                .unwrap_err()
+                .to_string()
+                .contains("USMOL_MEMORY")
+        );
         assert!(memory_mib(Some("lots"), None, None).is_err());
     }
 

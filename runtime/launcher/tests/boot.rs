@@ -4,7 +4,7 @@
 //! the unpacked artifact directory named by USMOL_ARTIFACT_DIR.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn artifact() -> Option<PathBuf> {
@@ -12,14 +12,15 @@ fn artifact() -> Option<PathBuf> {
         println!("skipped: set USMOL_SLOW_TESTS=1");
         return None;
     }
-    let dir = std::env::var("USMOL_ARTIFACT_DIR")
-        .expect("USMOL_ARTIFACT_DIR must name an unpacked artifact (run, lib/linux, lib/rootfs.ext4)");
+    let dir = std::env::var("USMOL_ARTIFACT_DIR").expect(
+        "USMOL_ARTIFACT_DIR must name an unpacked artifact (run, lib/linux, lib/rootfs.ext4)",
+    );
     let dir = PathBuf::from(dir);
     assert!(dir.join("run").is_file(), "{} has no `run`", dir.display());
     Some(dir)
 }
 
-fn run(dir: &PathBuf, docker: bool, args: &[&str], stdin: &[u8]) -> Output {
+fn run(dir: &Path, docker: bool, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(dir.join("run"))
         .args(args)
         .env("USMOL_DOCKER", if docker { "1" } else { "0" })
@@ -38,13 +39,31 @@ fn run(dir: &PathBuf, docker: bool, args: &[&str], stdin: &[u8]) -> Output {
 fn exit_status_stdin_and_streams() {
     let Some(dir) = artifact() else { return };
     let out = run(&dir, false, &["sh", "-c", "exit 42"], b"");
-    assert_eq!(out.status.code(), Some(42), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     let out = run(&dir, false, &["cat"], &data);
-    assert!(out.stdout == data, "cat returned {} bytes, different from its input", out.stdout.len());
+    assert!(
+        out.stdout == data,
+        "cat returned {} bytes, different from its input",
+        out.stdout.len()
+    );
 
-    let out = run(&dir, false, &["sh", "-c", "echo out; echo err >&2; test -t 1 || echo notty"], b"");
+    let out = run(
+        &dir,
+        false,
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; test -t 1 || echo notty",
+        ],
+        b"",
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\nnotty\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
 
@@ -55,7 +74,17 @@ fn exit_status_stdin_and_streams() {
 #[test]
 fn dockerd_answers() {
     let Some(dir) = artifact() else { return };
-    let out = run(&dir, true, &["docker", "version", "--format", "{{.Server.Version}}"], b"");
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &dir,
+        true,
+        &["docker", "version", "--format", "{{.Server.Version}}"],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
 }
