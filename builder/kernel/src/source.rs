@@ -100,6 +100,11 @@ fn unpack_deb(source: &Path, reader: impl Read, scratch: &Path) -> Result<()> {
             let path = entry
                 .path()
                 .map_err(Error::io("kernel source .deb", source))?;
+            // dpkg-deb writes `./usr/...`; compare without the `.`.
+            let path: PathBuf = path
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
             let is_tarball = path.starts_with("usr/src")
                 && path
                     .file_name()
@@ -202,9 +207,11 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_size(xz.len() as u64);
             h.set_mode(0o644);
+            // Written raw: set_path would drop the `./` that dpkg-deb emits.
+            let name = b"./usr/src/linux-source-9.9.tar.xz";
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
             h.set_cksum();
-            b.append_data(&mut h, "./usr/src/linux-source-9.9.tar.xz", &xz[..])
-                .unwrap();
+            b.append(&h, &xz[..]).unwrap();
             let mut out = Vec::new();
             liblzma::read::XzEncoder::new(&b.into_inner().unwrap()[..], 1)
                 .read_to_end(&mut out)
