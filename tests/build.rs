@@ -1,20 +1,35 @@
-//! Builds the tests' hello-world program: a static, libc-free executable that
-//! becomes the nested container's image.
+//! Builds the tests' static programs, which become the nested containers'
+//! images (no registry is reachable):
+//! - `hello`: a libc-free hello-world (image `hello-world:latest`);
+//! - `tool`: a multi-call file helper (image `usmol-tool:latest`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let source = PathBuf::from("fixtures/hello.c");
-    println!("cargo::rerun-if-changed={}", source.display());
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("hello");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    let hello = compile(
+        "fixtures/hello.c",
+        &["-nostdlib", "-fno-pie", "-no-pie"],
+        &out_dir.join("hello"),
+    );
+    println!("cargo::rustc-env=USMOL_TEST_HELLO_BIN={}", hello.display());
+    let tool = compile("fixtures/tool.c", &["-Wall", "-Werror"], &out_dir.join("tool"));
+    println!("cargo::rustc-env=USMOL_TEST_TOOL_BIN={}", tool.display());
+}
+
+/// Compiles one C file into a static, stripped executable.
+fn compile(source: &str, flags: &[&str], out: &Path) -> PathBuf {
+    println!("cargo::rerun-if-changed={source}");
     let compiler = cc::Build::new().get_compiler();
     let status = Command::new(compiler.path())
-        .args(["-static", "-nostdlib", "-fno-pie", "-no-pie", "-Os", "-s", "-o"])
-        .arg(&out)
-        .arg(&source)
+        .args(["-static", "-Os", "-s"])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(source)
         .status()
-        .unwrap_or_else(|e| panic!("running {} for {}: {e}", compiler.path().display(), source.display()));
-    assert!(status.success(), "compiling {} failed", source.display());
-    println!("cargo::rustc-env=USMOL_TEST_HELLO_BIN={}", out.display());
+        .unwrap_or_else(|e| panic!("running {} for {source}: {e}", compiler.path().display()));
+    assert!(status.success(), "compiling {source} failed");
+    out.to_owned()
 }
