@@ -14,7 +14,11 @@ fn main() {
         &out_dir.join("hello"),
     );
     println!("cargo::rustc-env=USMOL_TEST_HELLO_BIN={}", hello.display());
-    let tool = compile("fixtures/tool.c", &["-Wall", "-Werror"], &out_dir.join("tool"));
+    let tool = compile(
+        "fixtures/tool.c",
+        &["-Wall", "-Werror"],
+        &out_dir.join("tool"),
+    );
     println!("cargo::rustc-env=USMOL_TEST_TOOL_BIN={}", tool.display());
 }
 

@@ -25,7 +25,10 @@ pub fn slow_tests_enabled(test: &str) -> bool {
 
 /// The workspace root.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The build output directory (`usmol/`, the tarball, the docker archive):
@@ -77,8 +80,15 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        let out = Command::new(super::tool_binary()).arg("cat").arg(&copy).output().unwrap();
-        let usage = Command::new(super::tool_binary()).arg("bogus").output().unwrap();
+        let out = Command::new(super::tool_binary())
+            .arg("cat")
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let usage = Command::new(super::tool_binary())
+            .arg("bogus")
+            .output()
+            .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo words\n");
         assert_eq!(usage.status.code(), Some(2));
