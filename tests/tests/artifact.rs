@@ -308,8 +308,10 @@ fn sigterm_stops_the_guest_and_keeps_the_docker_disk_clean() {
     eprintln!("sigterm: {}", report.lines().next().unwrap());
     let status = status.unwrap_or_else(|| panic!("still running 30 s after SIGTERM\n{report}"));
     assert_eq!(status.code(), Some(143), "SIGTERM must give 143\n{report}");
+    // The launcher kills the kernel 10 s after the first signal: a graceful
+    // shutdown (dockerd stopped, disk unmounted) must finish before that.
     assert!(
-        stop < Duration::from_secs(15),
+        stop < Duration::from_secs(10),
         "shutdown took too long\n{report}"
     );
 
