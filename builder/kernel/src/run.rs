@@ -67,8 +67,10 @@ impl Runner<'_> {
                     .arg("-c")
                     .arg(concat!(
                         "set -e; tree=$1; root=$2; shift 2; ",
-                        "mkdir -p \"$root/usmol-build\"; ",
+                        "mkdir -p \"$root/usmol-build\" \"$root/dev\"; ",
                         "mount --rbind \"$tree\" \"$root/usmol-build\"; ",
+                        // Compilers and make write to /dev/null.
+                        "mount --rbind /dev \"$root/dev\"; ",
                         "exec chroot \"$root\" /bin/sh -c 'cd /usmol-build && exec \"$@\"' sh \"$@\""
                     ))
                     .arg("sh")
@@ -76,7 +78,8 @@ impl Runner<'_> {
                     .arg(root)
                     .args(args)
                     .current_dir(self.tree)
-                    .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+                    // chroot lives in sbin on the host.
+                    .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
                 c
             }
         };

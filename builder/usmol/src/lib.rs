@@ -136,6 +136,33 @@ pub fn rootfs(fetched: &Fetched, epoch: u64, out_dir: &Path, tree: Option<&Path>
     })
 }
 
+/// Stage 3a: the kernel's build environment, a sysroot assembled from the
+/// toolchain recipe's packages and cached by the lock's package hashes.
+pub fn toolchain_sysroot(fetched: &Fetched, cache: &Path) -> Result<PathBuf> {
+    let mut ids: Vec<&str> = fetched.lock.packages.iter().map(|p| p.sha256.as_str()).collect();
+    ids.sort_unstable();
+    let key = usmol_archive::sha256_hex(ids.join("\n").as_bytes());
+    let entry = cache.join("toolchain").join(&key[..32]);
+    let root = entry.join("root");
+    if root.join("usr/bin").is_dir() {
+        return Ok(root);
+    }
+    let staging = cache.join("toolchain").join(format!("tmp-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("toolchain: removing {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging).with_context(|| format!("toolchain: creating {}", staging.display()))?;
+    eprintln!("usmol: toolchain: assembling the kernel build sysroot ({} packages)", fetched.packages.len());
+    let epoch = source_date_epoch(&fetched.lock)?;
+    let outputs = rootfs(fetched, epoch, &staging.join("out"), Some(&staging.join("root")))
+        .context("toolchain: assembling the sysroot")?;
+    // Only the tree is needed; the tarball would double the cache's size.
+    std::fs::remove_file(&outputs.tarball).with_context(|| format!("toolchain: removing {}", outputs.tarball.display()))?;
+    std::fs::rename(&staging, &entry)
+        .with_context(|| format!("toolchain: moving {} to {}", staging.display(), entry.display()))?;
+    Ok(root)
+}
+
 /// Stage 3 inputs beyond the kernel recipe.
 pub struct KernelOptions {
     pub fragments_dir: PathBuf,
@@ -151,11 +178,15 @@ pub fn kernel(fetched: &Fetched, options: &KernelOptions, cache: &Path) -> Resul
         .iter()
         .find(|f| f.package.name.starts_with("linux-source"))
         .context("kernel: the kernel recipe pins no linux-source-X.Y package")?;
+    // The build runs in another directory: relative paths would not resolve.
+    let absolute = |dir: &Path| {
+        std::path::absolute(dir).with_context(|| format!("kernel: resolving {}", dir.display()))
+    };
     let inputs = usmol_kernel::KernelInputs {
         source: source.path.clone(),
         source_sha256: source.package.sha256.clone(),
-        fragments_dir: options.fragments_dir.clone(),
-        patches_dir: options.patches_dir.clone(),
+        fragments_dir: absolute(&options.fragments_dir)?,
+        patches_dir: absolute(&options.patches_dir)?,
         toolchain: options.toolchain.clone(),
         source_date_epoch: None,
     };

@@ -36,6 +36,13 @@ struct KernelArgs {
     /// Kernel patches, applied in name order.
     #[arg(long, default_value = "patches")]
     patches: PathBuf,
+    /// The recipe of the sysroot the kernel is compiled in.
+    #[arg(long, default_value = "recipes/toolchain.toml")]
+    toolchain_recipe: PathBuf,
+    /// Compile with the host's gcc, make, flex... instead of the sysroot
+    /// (the output then depends on the host's tool versions).
+    #[arg(long)]
+    host_tools: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,7 +119,8 @@ fn main() -> Result<()> {
         Command::Kernel { kernel, out, fetch } => {
             let mirror = MirrorChoice { flag: fetch.mirror };
             let fetched = usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
-            let artifact = usmol::kernel(&fetched, &kernel_options(&kernel, progress), &cache_dir)?;
+            let options = kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
+            let artifact = usmol::kernel(&fetched, &options, &cache_dir)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             for (from, name) in [(&artifact.binary, "linux"), (&artifact.config, "linux.config")] {
                 std::fs::copy(from, out.join(name)).with_context(|| format!("copying {}", from.display()))?;
@@ -125,7 +133,8 @@ fn main() -> Result<()> {
             let kernel_fetched = usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
             let epoch = usmol::source_date_epoch(&userland.lock)?;
             let rootfs = usmol::rootfs(&userland, epoch, &out.join("rootfs"), None)?;
-            let linux = usmol::kernel(&kernel_fetched, &kernel_options(&kernel, progress), &cache_dir)?;
+            let options = kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
+            let linux = usmol::kernel(&kernel_fetched, &options, &cache_dir)?;
             let meta = ImageMeta {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 revision: std::env::var("USMOL_REVISION").unwrap_or_else(|_| "unknown".into()),
@@ -148,13 +157,25 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn kernel_options(args: &KernelArgs, progress: bool) -> KernelOptions {
-    KernelOptions {
+fn kernel_options(
+    args: &KernelArgs,
+    mirror: &MirrorChoice,
+    update_lock: bool,
+    cache: &Cache,
+    progress: bool,
+) -> Result<KernelOptions> {
+    let toolchain = if args.host_tools {
+        usmol_kernel::Toolchain::Host
+    } else {
+        let fetched = usmol::fetch(&args.toolchain_recipe, mirror, update_lock, cache)?;
+        usmol_kernel::Toolchain::Sysroot(usmol::toolchain_sysroot(&fetched, cache.root())?)
+    };
+    Ok(KernelOptions {
         fragments_dir: args.fragments.clone(),
         patches_dir: args.patches.clone(),
-        toolchain: usmol_kernel::Toolchain::Host,
+        toolchain,
         progress,
-    }
+    })
 }
 
 fn print_summary(image: &usmol::ImageOutputs) {
