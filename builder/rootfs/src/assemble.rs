@@ -95,6 +95,27 @@ impl Assembler<'_> {
         Ok(())
     }
 
+    /// A symlink where packages may ship an empty directory (as base-files
+    /// does for /var/run): the postinst replaces it. A directory with
+    /// contents is an error.
+    pub fn replace_empty_dir_with_symlink(&mut self, absolute: &str, target: &str) -> Result<()> {
+        let components: Vec<String> = split(absolute).map(str::to_owned).collect();
+        let key = Key::from_components(&components);
+        if let Some(Node::Dir(_)) = self.tree.nodes.get(&key).map(|e| &e.node) {
+            let occupied = self.tree.nodes.keys().any(|k| {
+                let c = k.components();
+                c.len() > components.len() && c.starts_with(&components)
+            });
+            if occupied {
+                return Err(assembly(format!(
+                    "cannot link {absolute} to {target}: packages ship files below {absolute}"
+                )));
+            }
+            self.tree.nodes.remove(&key);
+        }
+        self.symlink(absolute, target)
+    }
+
     pub fn mkdir(&mut self, absolute: &str, mode: u32) -> Result<()> {
         if self.tree.exists(absolute) {
             return Ok(());
@@ -631,6 +652,10 @@ pub fn etc_files(a: &mut Assembler<'_>) -> Result<()> {
         0o644,
         0,
     )?;
+    // base-files' postinst: /var/run and /var/lock point into the /run
+    // tmpfs. Clients such as the docker CLI look for /var/run/docker.sock.
+    a.replace_empty_dir_with_symlink("/var/run", "/run")?;
+    a.replace_empty_dir_with_symlink("/var/lock", "/run/lock")?;
     if a.tree.get_path("/etc/os-release").is_none() && a.tree.exists("/usr/lib/os-release") {
         a.symlink("/etc/os-release", "../usr/lib/os-release")?;
     }

@@ -812,11 +812,14 @@ fn etc_files_are_present() {
         &[
             E::File("./usr/lib/os-release", b"ID=debian\n"),
             E::Symlink("./etc/os-release", "../usr/lib/os-release"),
+            E::Dir("./var/run/"),
         ],
         None,
         Compression::None,
     );
     let t = tar_map(&build(&[p], &Rootfs::default()));
+    assert_eq!(t["var/run"].link.as_deref(), Some("/run"));
+    assert_eq!(t["var/lock"].link.as_deref(), Some("/run/lock"));
     assert_eq!(
         (t["etc/machine-id"].kind, t["etc/machine-id"].content.len()),
         ('f', 0)

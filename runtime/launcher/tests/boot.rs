@@ -1,7 +1,8 @@
 //! Boots a real artifact (`run` + `lib/linux` + `lib/rootfs.ext4`) and
 //! checks the launcher's contract: exit codes, stdin, stdout/stderr
 //! separation, dockerd. Slow: runs only with USMOL_SLOW_TESTS=1, against
-//! the unpacked artifact directory named by USMOL_ARTIFACT_DIR.
+//! the unpacked artifact directory named by USMOL_ARTIFACT_DIR, else the
+//! one `cargo xtask build-image` writes (`out/usmol`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,11 +13,15 @@ fn artifact() -> Option<PathBuf> {
         println!("skipped: set USMOL_SLOW_TESTS=1");
         return None;
     }
-    let dir = std::env::var("USMOL_ARTIFACT_DIR").expect(
-        "USMOL_ARTIFACT_DIR must name an unpacked artifact (run, lib/linux, lib/rootfs.ext4)",
+    let dir = std::env::var_os("USMOL_ARTIFACT_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../out/usmol"),
+        PathBuf::from,
     );
-    let dir = PathBuf::from(dir);
-    assert!(dir.join("run").is_file(), "{} has no `run`", dir.display());
+    assert!(
+        dir.join("run").is_file(),
+        "{} has no `run`: run `cargo xtask build-image` first, or set USMOL_ARTIFACT_DIR to an unpacked artifact",
+        dir.display()
+    );
     Some(dir)
 }
 
