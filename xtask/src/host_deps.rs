@@ -13,15 +13,16 @@ struct Need {
 }
 
 const NEEDS: &[Need] = &[
-    Need { command: "gcc", package: "gcc", why: "kernel build, test programs" },
-    Need { command: "make", package: "make", why: "kernel build" },
-    Need { command: "flex", package: "flex", why: "kernel build (Kconfig)" },
-    Need { command: "bison", package: "bison", why: "kernel build (Kconfig)" },
-    Need { command: "bc", package: "bc", why: "kernel build" },
-    Need { command: "perl", package: "perl", why: "kernel build" },
+    // The kernel compiles in a sysroot of Debian packages (recipes/
+    // toolchain.toml), so the host needs only what enters it and what
+    // handles the outputs.
+    Need { command: "cc", package: "gcc", why: "linking Rust programs, the tests' static programs" },
     Need { command: "patch", package: "patch", why: "kernel patches" },
+    Need { command: "unshare", package: "util-linux", why: "entering the kernel build sysroot" },
+    Need { command: "chroot", package: "coreutils", why: "entering the kernel build sysroot" },
     Need { command: "mke2fs", package: "e2fsprogs", why: "root disk image" },
-    Need { command: "e2fsck", package: "e2fsprogs", why: "disk checks in tests" },
+    Need { command: "debugfs", package: "e2fsprogs", why: "root disk image" },
+    Need { command: "e2fsck", package: "e2fsprogs", why: "root disk checks" },
     Need { command: "setpriv", package: "util-linux", why: "tests run the artifact as a normal user" },
     Need { command: "dockerd", package: "docker.io", why: "golden tests under a docker engine" },
     Need { command: "docker-registry", package: "docker-registry", why: "push/export tests against a local registry" },
