@@ -20,6 +20,7 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, args: Args) -> Result<()> {
+    crate::host_deps::run(false, crate::host_deps::Purpose::Build)?;
     let bins = crate::runtime::build(root)?;
     let sh = Shell::new()?;
     sh.change_dir(root);

@@ -12,6 +12,18 @@ struct Need {
     why: &'static str,
 }
 
+/// What the host tools are for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `cargo xtask build-image`.
+    Build,
+    /// Building and running the tests too.
+    All,
+}
+
+/// The tools that only the tests use.
+const TEST_ONLY: &[&str] = &["setpriv", "dockerd", "docker-registry"];
+
 const NEEDS: &[Need] = &[
     // The kernel compiles in a sysroot of Debian packages (recipes/
     // toolchain.toml), so the host needs only what enters it and what
@@ -28,8 +40,12 @@ const NEEDS: &[Need] = &[
     Need { command: "docker-registry", package: "docker-registry", why: "push/export tests against a local registry" },
 ];
 
-fn missing() -> Vec<&'static Need> {
-    NEEDS.iter().filter(|need| which(need.command).is_none()).collect()
+fn missing(purpose: Purpose) -> Vec<&'static Need> {
+    NEEDS
+        .iter()
+        .filter(|need| purpose == Purpose::All || !TEST_ONLY.contains(&need.command))
+        .filter(|need| which(need.command).is_none())
+        .collect()
 }
 
 fn which(command: &str) -> Option<std::path::PathBuf> {
@@ -40,10 +56,12 @@ fn which(command: &str) -> Option<std::path::PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-pub fn run(install: bool) -> Result<()> {
-    let missing = missing();
+pub fn run(install: bool, purpose: Purpose) -> Result<()> {
+    let missing = missing(purpose);
     if missing.is_empty() {
-        println!("host-deps: every host tool is present");
+        if purpose == Purpose::All {
+            println!("host-deps: every host tool is present");
+        }
         return Ok(());
     }
     let mut packages: Vec<&str> = missing.iter().map(|need| need.package).collect();
@@ -66,7 +84,7 @@ pub fn run(install: bool) -> Result<()> {
     cmd!(sh, "apt-get install -y -qq --no-install-recommends {package_args...}")
         .run()
         .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
-    let still = missing_after_install();
+    let still = missing_after_install(purpose);
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(", "));
     }
@@ -74,6 +92,6 @@ pub fn run(install: bool) -> Result<()> {
     Ok(())
 }
 
-fn missing_after_install() -> Vec<&'static str> {
-    missing().iter().map(|need| need.command).collect()
+fn missing_after_install(purpose: Purpose) -> Vec<&'static str> {
+    missing(purpose).iter().map(|need| need.command).collect()
 }

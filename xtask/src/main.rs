@@ -3,6 +3,7 @@
 //! Each command lives in its own module; shell calls go through
 //! `xshell::cmd!`, which passes arguments without a shell in between.
 
+mod bench;
 mod build_image;
 mod host_deps;
 mod runtime;
@@ -25,6 +26,9 @@ enum Command {
     BuildImage(build_image::Args),
     /// Build the statically linked runtime binaries (launcher and init).
     Runtime,
+    /// Measure the artifacts in out/ (start-up, latency, sizes, memory) and
+    /// write the figures into BENCHMARKS.md.
+    Bench(bench::Args),
     /// Check the host packages the build and the tests need.
     HostDeps {
         /// Install the missing ones with apt-get (needs root).
@@ -38,7 +42,8 @@ fn main() -> anyhow::Result<()> {
     let root = project_root();
     match cli.command {
         Command::BuildImage(args) => build_image::run(&root, args),
-        Command::HostDeps { install } => host_deps::run(install),
+        Command::Bench(args) => bench::run(&root, args),
+        Command::HostDeps { install } => host_deps::run(install, host_deps::Purpose::All),
         Command::Runtime => runtime::build(&root).map(|bins| {
             println!("launcher: {}", bins.launcher.display());
             println!("init:     {}", bins.init.display());
