@@ -244,15 +244,18 @@ impl Bench<'_> {
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let volume = format!("{}:/var/lib/usmol", state.display());
         progress("seeding the state volume with hello-world (docker load via the image)");
-        let seed = engine_run(&volume, &[], &["docker", "load"]);
-        timed(seed, Some(archive), TIMEOUT)?.expect_ok("docker load in the image")?;
+        let name = format!("usmol-bench-{}", std::process::id());
+        let seed = engine_run(&name, &volume, true, &[], &["docker", "load"]);
+        timed_container(&name, seed, Some(archive))?.expect_ok("docker load in the image")?;
         let runs = self.repeat("cold start, docker engine", || {
             let cmd = engine_run(
+                &name,
                 &volume,
+                false,
                 &["-e", "USMOL_TIMINGS=1"],
                 &["docker", "run", "--rm", "hello-world"],
             );
-            let done = timed(cmd, None, TIMEOUT)?;
+            let done = timed_container(&name, cmd, None)?;
             done.expect_hello("docker run usmol:latest docker run --rm hello-world")?;
             Ok(done)
         });
@@ -442,14 +445,34 @@ fn engine_answers(sh: &Shell) -> bool {
 }
 
 /// `docker run --rm --network none` of the usmol image, the way the README
-/// shows it, with the state volume.
-fn engine_run(volume: &str, flags: &[&str], args: &[&str]) -> Command {
+/// shows it, with the state volume; `-i` only when stdin carries data.
+fn engine_run(name: &str, volume: &str, stdin: bool, flags: &[&str], args: &[&str]) -> Command {
     let mut cmd = Command::new("docker");
-    cmd.args(["run", "--rm", "-i", "--network", "none", "-v", volume])
-        .args(flags)
-        .arg(IMAGE)
-        .args(args);
+    cmd.args([
+        "run",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "-v",
+        volume,
+    ]);
+    if stdin {
+        cmd.arg("-i");
+    }
+    cmd.args(flags).arg(IMAGE).args(args);
     cmd
+}
+
+/// [`timed`] for a named container, force-removed when the client failed
+/// (a killed client leaves its container running).
+fn timed_container(name: &str, cmd: Command, stdin: Option<&Path>) -> Result<Timed> {
+    let done = timed(cmd, stdin, TIMEOUT);
+    if !done.as_ref().is_ok_and(|d| d.status.success()) {
+        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+    }
+    done
 }
 
 /// An image loaded into the host engine for the bench, removed again
@@ -659,7 +682,7 @@ const PHASE_NAMES: [&str; 9] = [
     "the command",
     "guest shutdown (-> status written)",
     "power-off and launcher exit",
-    "outside the launcher (container engine)",
+    "outside the launcher (process start; container engine)",
     "total wall time",
 ];
 
@@ -1525,7 +1548,7 @@ impl Report {
         let _ = writeln!(
             md,
             "\n### Memory at idle with dockerd running (MiB)\n\nGuest: `/proc/meminfo` 8 s after the command \
-             started. Host: the processes below the launcher 3 s after it started; VmRSS counts shared \
+             started. Host: the processes below the launcher 3 s after the command started; VmRSS counts shared \
              pages once per process, Pss splits them.\n"
         );
         let runs = match &self.memory {
