@@ -242,6 +242,9 @@ impl Bench<'_> {
         let loaded = LoadedImage::load(self.sh, IMAGE, &self.out.join("usmol-docker.tar"))?;
         let state = self.scratch.join("state");
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        // The image's user need not be root.
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .with_context(|| format!("opening {} to every user", state.display()))?;
         let volume = format!("{}:/var/lib/usmol", state.display());
         progress("seeding the state volume with hello-world (docker load via the image)");
         let name = format!("usmol-bench-{}", std::process::id());
