@@ -144,26 +144,22 @@ impl Bench<'_> {
         let guest_tar = self.scratch.join("hello.tar");
         write_docker_archive(&hello, GUEST_HELLO, &guest_tar)?;
         let disk = self.scratch.join("docker.ext4");
-        let seeded = self.seed_disk(&disk, &guest_tar);
-
-        let cold_plain = seeded
-            .as_ref()
-            .map_err(clone_err)
-            .and_then(|()| self.cold_plain(&disk));
-        let cold_engine = self.engine.then(|| self.cold_engine(&guest_tar));
-        let boot_no_docker = self.boot_no_docker();
-        let warm_guest = seeded
-            .as_ref()
-            .map_err(clone_err)
-            .and_then(|()| self.warm_guest(&disk));
-        let warm_host = self.engine.then(|| self.warm_host(&hello));
+        let seeded = noted("seeding the docker disk", self.seed_disk(&disk, &guest_tar));
+        let cold_plain = after(&seeded, "cold start", || self.cold_plain(&disk));
+        let cold_engine = self
+            .engine
+            .then(|| noted("cold start on the engine", self.cold_engine(&guest_tar)));
+        let boot_no_docker = noted("boot without docker", self.boot_no_docker());
+        let warm_guest = after(&seeded, "warm docker run in the guest", || {
+            self.warm_guest(&disk)
+        });
+        let warm_host = self
+            .engine
+            .then(|| noted("warm docker run on the host", self.warm_host(&hello)));
         let micro = self.micro();
-        let sizes = Sizes::measure(self.out);
-        let memory = seeded
-            .as_ref()
-            .map_err(clone_err)
-            .and_then(|()| self.memory(&disk));
-        let build = bench_build.then(|| self.build());
+        let sizes = noted("artifact sizes", Sizes::measure(self.out));
+        let memory = after(&seeded, "memory", || self.memory(&disk));
+        let build = bench_build.then(|| noted("warm build", self.build()));
         Ok(Report {
             machine,
             cold_plain,
@@ -349,13 +345,13 @@ impl Bench<'_> {
         progress("micro-benchmarks on the host");
         let mut host = Command::new("sh");
         host.args(["-c", &script]);
-        results.push(("host", Micro::measure(host, self.runs)));
+        results.push(("host", noted("host loops", Micro::measure(host, self.runs))));
         for (mode, env) in modes {
             progress(&format!("micro-benchmarks in the guest, {mode}"));
             let mut env = env.to_vec();
             env.push(("USMOL_DOCKER", "0"));
             let cmd = self.launcher(&env, &["sh", "-c", &script]);
-            results.push((mode, Micro::measure(cmd, self.runs)));
+            results.push((mode, noted(mode, Micro::measure(cmd, self.runs))));
         }
         results
     }
@@ -433,9 +429,21 @@ impl Seconds for Memory {
     }
 }
 
-/// A series' error reused by the measurements that depended on it.
-fn clone_err(e: &anyhow::Error) -> anyhow::Error {
-    anyhow!("{e:#}")
+/// Runs a measurement that needs the seeded docker disk.
+fn after<T>(seeded: &Result<()>, what: &str, measure: impl FnOnce() -> Result<T>) -> Result<T> {
+    match seeded {
+        Ok(()) => noted(what, measure()),
+        Err(e) => Err(anyhow!("the docker disk could not be seeded: {e:#}")),
+    }
+}
+
+/// Shows a failed measurement's whole reason on stderr (the report has
+/// room for one line of it).
+fn noted<T>(what: &str, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        progress(&format!("{what}: not measured: {e:#}"));
+    }
+    result
 }
 
 fn engine_answers(sh: &Shell) -> bool {
