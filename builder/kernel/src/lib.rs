@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use toolchain::Toolchain;
 
 /// Bumped whenever the build steps change in a way that changes output.
-const BUILDER_REVISION: u32 = 1;
+const BUILDER_REVISION: u32 = 2;
 
 /// Everything that determines the kernel binary.
 #[derive(Debug, Clone)]
@@ -339,9 +339,14 @@ pub fn make_env(epoch: i64, tree_seen: &Path) -> Vec<(String, String)> {
         ("KBUILD_BUILD_HOST".into(), "usmol".into()),
         // `#1` in `uname -v`, instead of a per-tree build counter.
         ("KBUILD_BUILD_VERSION".into(), "1".into()),
-        // The tree lives under a per-build temp dir; keep it out of the binary.
+        // The tree lives under a per-build temp dir; keep it out of the
+        // binary, for C and assembler sources alike.
         (
             "KCFLAGS".into(),
+            format!("-ffile-prefix-map={}=.", tree_seen.display()),
+        ),
+        (
+            "KAFLAGS".into(),
             format!("-ffile-prefix-map={}=.", tree_seen.display()),
         ),
     ]
@@ -446,6 +451,7 @@ mod tests {
             Some("Tue Nov 14 22:13:20 UTC 2023")
         );
         assert_eq!(get("KBUILD_BUILD_USER"), Some("usmol"));
+        assert_eq!(get("KAFLAGS"), get("KCFLAGS"));
         assert_eq!(
             get("KCFLAGS"),
             Some("-ffile-prefix-map=/c/kernel/tmp/k.1/linux=.")

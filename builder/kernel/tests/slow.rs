@@ -293,7 +293,17 @@ fn build_is_reproducible() {
     let a = usmol_kernel::source::sha256_file(&cached.binary).unwrap();
     let b = usmol_kernel::source::sha256_file(&fresh.binary).unwrap();
     println!("FIGURE stripped binary sha256 {a} (cached) {b} (fresh)");
-    assert_eq!(a, b, "two builds of the same inputs differ");
+    if a != b {
+        // Keep both for diffoscope: the fresh cache is a temp dir.
+        let keep = user_cache().join("kernel-repro-mismatch");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&fresh.binary, keep.join("linux.fresh")).unwrap();
+        std::fs::copy(&cached.binary, keep.join("linux.cached")).unwrap();
+        panic!(
+            "two builds of the same inputs differ; both kept in {}",
+            keep.display()
+        );
+    }
     assert_eq!(
         std::fs::read(&cached.config).unwrap(),
         std::fs::read(&fresh.config).unwrap()
