@@ -21,6 +21,17 @@ pub enum Toolchain {
     Sysroot(PathBuf),
 }
 
+/// Where the sysroot assembled from a toolchain lock lives in the cache:
+/// keyed by the sha256 of every package in it, so a changed lock makes a
+/// new sysroot. Its tree is `<entry>/root`.
+pub fn sysroot_entry<'a>(cache_dir: &Path, package_sha256s: impl IntoIterator<Item = &'a str>) -> PathBuf {
+    use sha2::Digest;
+    let mut ids: Vec<&str> = package_sha256s.into_iter().collect();
+    ids.sort_unstable();
+    let key = hex::encode(sha2::Sha256::digest(ids.join("\n").as_bytes()));
+    cache_dir.join("toolchain").join(&key[..32])
+}
+
 /// A tool the build cannot do without.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Missing {

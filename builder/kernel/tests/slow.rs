@@ -1,7 +1,8 @@
 //! Slow tests: a real kernel build (cached under the user's cache dir),
 //! booting it, the memfd guest RAM fallback, and build reproducibility.
-//! They run only with USMOL_SLOW_TESTS=1 and need USMOL_KERNEL_SOURCE (the
-//! linux-source .deb or tarball; its sha256 is computed here).
+//! They run only with USMOL_SLOW_TESTS=1. The source is USMOL_KERNEL_SOURCE
+//! (the linux-source .deb or tarball; its sha256 is computed here), else
+//! the package `recipes/kernel.lock` pins, from the download cache.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,18 +24,59 @@ fn repo() -> PathBuf {
 }
 
 fn inputs() -> KernelInputs {
-    let source = PathBuf::from(std::env::var_os("USMOL_KERNEL_SOURCE").expect(
-        "set USMOL_KERNEL_SOURCE to the linux-source-X.Y .deb (or its tarball) for the slow kernel tests",
-    ));
-    let source_sha256 = usmol_kernel::source::sha256_file(&source).expect("hash the kernel source");
+    let (source, source_sha256) = match std::env::var_os("USMOL_KERNEL_SOURCE") {
+        Some(path) => {
+            let source = PathBuf::from(path);
+            let sha = usmol_kernel::source::sha256_file(&source).expect("hash the kernel source");
+            (source, sha)
+        }
+        None => locked_source(),
+    };
     KernelInputs {
         source,
         source_sha256,
         fragments_dir: repo().join("kernel"),
         patches_dir: repo().join("patches"),
-        toolchain: Toolchain::Host,
+        toolchain: toolchain(),
         source_date_epoch: None,
     }
+}
+
+/// The sysroot `cargo xtask build-image` assembled from
+/// `recipes/toolchain.lock` (the default toolchain), else the host's tools.
+fn toolchain() -> Toolchain {
+    let lock = usmol_recipe::Lock::load(&repo().join("recipes/toolchain.lock")).unwrap_or_else(|e| panic!("{e}"));
+    let entry = usmol_kernel::toolchain::sysroot_entry(&user_cache(), lock.packages.iter().map(|p| p.sha256.as_str()));
+    let root = entry.join("root");
+    if root.join("usr/bin").is_dir() {
+        Toolchain::Sysroot(root)
+    } else {
+        println!("no toolchain sysroot at {}: building with the host's tools", root.display());
+        Toolchain::Host
+    }
+}
+
+/// The linux-source package `recipes/kernel.lock` pins, as the build
+/// fetched it into the download cache.
+fn locked_source() -> (PathBuf, String) {
+    let lock_path = repo().join("recipes/kernel.lock");
+    let lock = usmol_recipe::Lock::load(&lock_path).unwrap_or_else(|e| panic!("{e}"));
+    let package = lock
+        .packages
+        .iter()
+        .find(|p| p.name.starts_with("linux-source"))
+        .unwrap_or_else(|| panic!("{} pins no linux-source package", lock_path.display()));
+    let cache = usmol_archive::Cache::new(user_cache());
+    let path = cache
+        .lookup(&package.sha256, package.size)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} {} is not in the download cache: run `cargo xtask build-image` first, or set USMOL_KERNEL_SOURCE",
+                package.name, package.version
+            )
+        });
+    (path, package.sha256.clone())
 }
 
 fn user_cache() -> PathBuf {

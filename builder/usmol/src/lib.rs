@@ -139,10 +139,7 @@ pub fn rootfs(fetched: &Fetched, epoch: u64, out_dir: &Path, tree: Option<&Path>
 /// Stage 3a: the kernel's build environment, a sysroot assembled from the
 /// toolchain recipe's packages and cached by the lock's package hashes.
 pub fn toolchain_sysroot(fetched: &Fetched, cache: &Path) -> Result<PathBuf> {
-    let mut ids: Vec<&str> = fetched.lock.packages.iter().map(|p| p.sha256.as_str()).collect();
-    ids.sort_unstable();
-    let key = usmol_archive::sha256_hex(ids.join("\n").as_bytes());
-    let entry = cache.join("toolchain").join(&key[..32]);
+    let entry = usmol_kernel::toolchain::sysroot_entry(cache, fetched.lock.packages.iter().map(|p| p.sha256.as_str()));
     let root = entry.join("root");
     if root.join("usr/bin").is_dir() {
         return Ok(root);
