@@ -35,12 +35,26 @@ fn cgroup_controllers_and_both_netfilter_backends() {
          iptables-nft -t nat -L POSTROUTING -n | grep -q MASQUERADE && echo nft-nat-ok",
         false,
     );
-    let controllers: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    let controllers: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     for wanted in ["cpu", "cpuset", "io", "memory", "pids"] {
-        assert!(controllers.contains(&wanted), "cgroup2 lacks {wanted}: {controllers:?}");
+        assert!(
+            controllers.contains(&wanted),
+            "cgroup2 lacks {wanted}: {controllers:?}"
+        );
     }
-    assert!(out.contains("legacy-nat-ok"), "iptables-legacy nat table: {out}");
-    assert!(out.contains("nft-nat-ok"), "nf_tables nat with MASQUERADE: {out}");
+    assert!(
+        out.contains("legacy-nat-ok"),
+        "iptables-legacy nat table: {out}"
+    );
+    assert!(
+        out.contains("nft-nat-ok"),
+        "nf_tables nat with MASQUERADE: {out}"
+    );
 }
 
 #[test]
@@ -54,5 +68,9 @@ fn docker_uses_overlay2_on_the_ext4_disk() {
     );
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("overlay2 2"), "{out}");
-    assert_eq!(lines.next(), Some("ext2/ext3"), "the docker disk is ext4 (stat reports ext2/ext3): {out}");
+    assert_eq!(
+        lines.next(),
+        Some("ext2/ext3"),
+        "the docker disk is ext4 (stat reports ext2/ext3): {out}"
+    );
 }

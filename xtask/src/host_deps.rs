@@ -28,16 +28,56 @@ const NEEDS: &[Need] = &[
     // The kernel compiles in a sysroot of Debian packages (recipes/
     // toolchain.toml), so the host needs only what enters it and what
     // handles the outputs.
-    Need { command: "cc", package: "gcc", why: "linking Rust programs, the tests' static programs" },
-    Need { command: "patch", package: "patch", why: "kernel patches" },
-    Need { command: "unshare", package: "util-linux", why: "entering the kernel build sysroot" },
-    Need { command: "chroot", package: "coreutils", why: "entering the kernel build sysroot" },
-    Need { command: "mke2fs", package: "e2fsprogs", why: "root disk image" },
-    Need { command: "debugfs", package: "e2fsprogs", why: "root disk image" },
-    Need { command: "e2fsck", package: "e2fsprogs", why: "root disk checks" },
-    Need { command: "setpriv", package: "util-linux", why: "tests run the artifact as a normal user" },
-    Need { command: "dockerd", package: "docker.io", why: "golden tests under a docker engine" },
-    Need { command: "docker-registry", package: "docker-registry", why: "push/export tests against a local registry" },
+    Need {
+        command: "cc",
+        package: "gcc",
+        why: "linking Rust programs, the tests' static programs",
+    },
+    Need {
+        command: "patch",
+        package: "patch",
+        why: "kernel patches",
+    },
+    Need {
+        command: "unshare",
+        package: "util-linux",
+        why: "entering the kernel build sysroot",
+    },
+    Need {
+        command: "chroot",
+        package: "coreutils",
+        why: "entering the kernel build sysroot",
+    },
+    Need {
+        command: "mke2fs",
+        package: "e2fsprogs",
+        why: "root disk image",
+    },
+    Need {
+        command: "debugfs",
+        package: "e2fsprogs",
+        why: "root disk image",
+    },
+    Need {
+        command: "e2fsck",
+        package: "e2fsprogs",
+        why: "root disk checks",
+    },
+    Need {
+        command: "setpriv",
+        package: "util-linux",
+        why: "tests run the artifact as a normal user",
+    },
+    Need {
+        command: "dockerd",
+        package: "docker.io",
+        why: "golden tests under a docker engine",
+    },
+    Need {
+        command: "docker-registry",
+        package: "docker-registry",
+        why: "push/export tests against a local registry",
+    },
 ];
 
 fn missing(purpose: Purpose) -> Vec<&'static Need> {
@@ -68,7 +108,10 @@ pub fn run(install: bool, purpose: Purpose) -> Result<()> {
     packages.sort_unstable();
     packages.dedup();
     for need in &missing {
-        eprintln!("host-deps: missing `{}` (Debian package {}): {}", need.command, need.package, need.why);
+        eprintln!(
+            "host-deps: missing `{}` (Debian package {}): {}",
+            need.command, need.package, need.why
+        );
     }
     if !install {
         bail!(
@@ -80,10 +123,15 @@ pub fn run(install: bool, purpose: Purpose) -> Result<()> {
     let sh = Shell::new()?;
     let _frontend = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     let package_args = packages.clone();
-    cmd!(sh, "apt-get update -qq").run().context("apt-get update")?;
-    cmd!(sh, "apt-get install -y -qq --no-install-recommends {package_args...}")
+    cmd!(sh, "apt-get update -qq")
         .run()
-        .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
+        .context("apt-get update")?;
+    cmd!(
+        sh,
+        "apt-get install -y -qq --no-install-recommends {package_args...}"
+    )
+    .run()
+    .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
     let still = missing_after_install(purpose);
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(", "));

@@ -21,9 +21,12 @@ pub fn build(root: &Path) -> Result<RuntimeBinaries> {
     // `FROM scratch` image and init must not depend on the guest's libc.
     let _flags = sh.push_env("RUSTFLAGS", "-C target-feature=+crt-static");
     let _dir = sh.push_env("CARGO_TARGET_DIR", &target_dir);
-    cmd!(sh, "cargo build --profile runtime --locked --target {TARGET} -p usmol-init -p usmol-launcher")
-        .run()
-        .context("building the static runtime binaries (usmol-init, usmol-launcher)")?;
+    cmd!(
+        sh,
+        "cargo build --profile runtime --locked --target {TARGET} -p usmol-init -p usmol-launcher"
+    )
+    .run()
+    .context("building the static runtime binaries (usmol-init, usmol-launcher)")?;
     let bin = |name: &str| target_dir.join(TARGET).join("runtime").join(name);
     let bins = RuntimeBinaries {
         launcher: bin("usmol-launcher"),

@@ -24,7 +24,10 @@ pub enum Toolchain {
 /// Where the sysroot assembled from a toolchain lock lives in the cache:
 /// keyed by the sha256 of every package in it, so a changed lock makes a
 /// new sysroot. Its tree is `<entry>/root`.
-pub fn sysroot_entry<'a>(cache_dir: &Path, package_sha256s: impl IntoIterator<Item = &'a str>) -> PathBuf {
+pub fn sysroot_entry<'a>(
+    cache_dir: &Path,
+    package_sha256s: impl IntoIterator<Item = &'a str>,
+) -> PathBuf {
     use sha2::Digest;
     let mut ids: Vec<&str> = package_sha256s.into_iter().collect();
     ids.sort_unstable();

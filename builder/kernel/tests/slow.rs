@@ -45,13 +45,20 @@ fn inputs() -> KernelInputs {
 /// The sysroot `cargo xtask build-image` assembled from
 /// `recipes/toolchain.lock` (the default toolchain), else the host's tools.
 fn toolchain() -> Toolchain {
-    let lock = usmol_recipe::Lock::load(&repo().join("recipes/toolchain.lock")).unwrap_or_else(|e| panic!("{e}"));
-    let entry = usmol_kernel::toolchain::sysroot_entry(&user_cache(), lock.packages.iter().map(|p| p.sha256.as_str()));
+    let lock = usmol_recipe::Lock::load(&repo().join("recipes/toolchain.lock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let entry = usmol_kernel::toolchain::sysroot_entry(
+        &user_cache(),
+        lock.packages.iter().map(|p| p.sha256.as_str()),
+    );
     let root = entry.join("root");
     if root.join("usr/bin").is_dir() {
         Toolchain::Sysroot(root)
     } else {
-        println!("no toolchain sysroot at {}: building with the host's tools", root.display());
+        println!(
+            "no toolchain sysroot at {}: building with the host's tools",
+            root.display()
+        );
         Toolchain::Host
     }
 }

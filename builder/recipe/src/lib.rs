@@ -251,10 +251,14 @@ impl Recipe {
             message,
         };
         if self.distribution.suites.is_empty() {
-            return Err(invalid("distribution.suites is empty: name at least one suite, e.g. [\"trixie\"]".into()));
+            return Err(invalid(
+                "distribution.suites is empty: name at least one suite, e.g. [\"trixie\"]".into(),
+            ));
         }
         if self.packages.include.is_empty() {
-            return Err(invalid("packages.include is empty: name the packages to install".into()));
+            return Err(invalid(
+                "packages.include is empty: name the packages to install".into(),
+            ));
         }
         for (package, suite) in &self.distribution.pin {
             if !self.distribution.suites.contains(suite) {
@@ -263,7 +267,12 @@ impl Recipe {
                 )));
             }
         }
-        for pattern in self.rootfs.path_exclude.iter().chain(&self.rootfs.path_include) {
+        for pattern in self
+            .rootfs
+            .path_exclude
+            .iter()
+            .chain(&self.rootfs.path_include)
+        {
             if !pattern.starts_with('/') {
                 return Err(invalid(format!(
                     "rootfs path pattern {pattern:?} must be absolute (start with '/')"
@@ -338,20 +347,27 @@ include = ["tini"]
         let text = format!("{MINIMAL}\n[rootfs]\npath_exlude = []\n");
         let err = Recipe::parse(Path::new("recipes/x.toml"), &text).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("recipes/x.toml:9:1: unknown field `path_exlude`"), "{msg}");
+        assert!(
+            msg.starts_with("recipes/x.toml:9:1: unknown field `path_exlude`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn wrong_type_is_reported() {
         let text = MINIMAL.replace("[\"tini\"]", "\"tini\"");
-        let msg = Recipe::parse(Path::new("r.toml"), &text).unwrap_err().to_string();
+        let msg = Recipe::parse(Path::new("r.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(msg.starts_with("r.toml:6:11: invalid type"), "{msg}");
     }
 
     #[test]
     fn relative_path_pattern_is_refused() {
         let text = format!("{MINIMAL}\n[rootfs]\npath_exclude = [\"usr/share/doc\"]\n");
-        let msg = Recipe::parse(Path::new("r.toml"), &text).unwrap_err().to_string();
+        let msg = Recipe::parse(Path::new("r.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("must be absolute"), "{msg}");
     }
 

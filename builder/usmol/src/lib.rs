@@ -40,7 +40,12 @@ pub struct Fetched {
 /// Stage 1: the lock for `recipe_path` (resolved anew only when it is
 /// missing or `update_lock` is set), then every pinned `.deb` from the cache
 /// or the mirror.
-pub fn fetch(recipe_path: &Path, mirror: &MirrorChoice, update_lock: bool, cache: &Cache) -> Result<Fetched> {
+pub fn fetch(
+    recipe_path: &Path,
+    mirror: &MirrorChoice,
+    update_lock: bool,
+    cache: &Cache,
+) -> Result<Fetched> {
     let recipe = Recipe::load(recipe_path).context("fetch: reading the recipe")?;
     let lock_path = Lock::path_for(recipe_path);
     let recipe_sha = usmol_archive::recipe_sha256(recipe_path)?;
@@ -62,21 +67,39 @@ pub fn fetch(recipe_path: &Path, mirror: &MirrorChoice, update_lock: bool, cache
         }
         previous => {
             let mirror = mirror.resolve(&recipe)?;
-            eprintln!("usmol: resolving {} against {}", recipe_path.display(), mirror.join(""));
+            eprintln!(
+                "usmol: resolving {} against {}",
+                recipe_path.display(),
+                mirror.join("")
+            );
             let lock = usmol_archive::lock(&recipe, recipe_path, &mirror, cache, previous.as_ref())
                 .with_context(|| format!("fetch: resolving {}", recipe_path.display()))?;
-            lock.save(&lock_path).context("fetch: writing the lock file")?;
-            eprintln!("usmol: wrote {} ({} packages)", lock_path.display(), lock.packages.len());
+            lock.save(&lock_path)
+                .context("fetch: writing the lock file")?;
+            eprintln!(
+                "usmol: wrote {} ({} packages)",
+                lock_path.display(),
+                lock.packages.len()
+            );
             lock
         }
     };
     let packages = fetch_locked(&recipe, &lock, mirror, cache)
         .with_context(|| format!("fetch: downloading the packages of {}", lock_path.display()))?;
-    Ok(Fetched { recipe, lock, packages })
+    Ok(Fetched {
+        recipe,
+        lock,
+        packages,
+    })
 }
 
 /// Downloads what the lock pins; a warm cache needs no mirror at all.
-fn fetch_locked(recipe: &Recipe, lock: &Lock, mirror: &MirrorChoice, cache: &Cache) -> Result<Vec<FetchedPackage>> {
+fn fetch_locked(
+    recipe: &Recipe,
+    lock: &Lock,
+    mirror: &MirrorChoice,
+    cache: &Cache,
+) -> Result<Vec<FetchedPackage>> {
     let mut cached = Vec::with_capacity(lock.packages.len());
     for package in &lock.packages {
         match cache.lookup(&package.sha256, package.size)? {
@@ -101,7 +124,12 @@ pub struct RootfsOutputs {
 }
 
 /// Stage 2: the rootfs tarball and manifest from fetched packages.
-pub fn rootfs(fetched: &Fetched, epoch: u64, out_dir: &Path, tree: Option<&Path>) -> Result<RootfsOutputs> {
+pub fn rootfs(
+    fetched: &Fetched,
+    epoch: u64,
+    out_dir: &Path,
+    tree: Option<&Path>,
+) -> Result<RootfsOutputs> {
     let debs: Vec<usmol_rootfs::DebInput> = fetched
         .packages
         .iter()
@@ -115,7 +143,8 @@ pub fn rootfs(fetched: &Fetched, epoch: u64, out_dir: &Path, tree: Option<&Path>
             path: f.path.clone(),
         })
         .collect();
-    std::fs::create_dir_all(out_dir).with_context(|| format!("rootfs: creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("rootfs: creating {}", out_dir.display()))?;
     let outputs = usmol_rootfs::Outputs {
         dir: tree.map(Path::to_owned),
         tarball: out_dir.join("rootfs.tar"),
@@ -139,24 +168,45 @@ pub fn rootfs(fetched: &Fetched, epoch: u64, out_dir: &Path, tree: Option<&Path>
 /// Stage 3a: the kernel's build environment, a sysroot assembled from the
 /// toolchain recipe's packages and cached by the lock's package hashes.
 pub fn toolchain_sysroot(fetched: &Fetched, cache: &Path) -> Result<PathBuf> {
-    let entry = usmol_kernel::toolchain::sysroot_entry(cache, fetched.lock.packages.iter().map(|p| p.sha256.as_str()));
+    let entry = usmol_kernel::toolchain::sysroot_entry(
+        cache,
+        fetched.lock.packages.iter().map(|p| p.sha256.as_str()),
+    );
     let root = entry.join("root");
     if root.join("usr/bin").is_dir() {
         return Ok(root);
     }
-    let staging = cache.join("toolchain").join(format!("tmp-{}", std::process::id()));
+    let staging = cache
+        .join("toolchain")
+        .join(format!("tmp-{}", std::process::id()));
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).with_context(|| format!("toolchain: removing {}", staging.display()))?;
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("toolchain: removing {}", staging.display()))?;
     }
-    std::fs::create_dir_all(&staging).with_context(|| format!("toolchain: creating {}", staging.display()))?;
-    eprintln!("usmol: toolchain: assembling the kernel build sysroot ({} packages)", fetched.packages.len());
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("toolchain: creating {}", staging.display()))?;
+    eprintln!(
+        "usmol: toolchain: assembling the kernel build sysroot ({} packages)",
+        fetched.packages.len()
+    );
     let epoch = source_date_epoch(&fetched.lock)?;
-    let outputs = rootfs(fetched, epoch, &staging.join("out"), Some(&staging.join("root")))
-        .context("toolchain: assembling the sysroot")?;
+    let outputs = rootfs(
+        fetched,
+        epoch,
+        &staging.join("out"),
+        Some(&staging.join("root")),
+    )
+    .context("toolchain: assembling the sysroot")?;
     // Only the tree is needed; the tarball would double the cache's size.
-    std::fs::remove_file(&outputs.tarball).with_context(|| format!("toolchain: removing {}", outputs.tarball.display()))?;
-    std::fs::rename(&staging, &entry)
-        .with_context(|| format!("toolchain: moving {} to {}", staging.display(), entry.display()))?;
+    std::fs::remove_file(&outputs.tarball)
+        .with_context(|| format!("toolchain: removing {}", outputs.tarball.display()))?;
+    std::fs::rename(&staging, &entry).with_context(|| {
+        format!(
+            "toolchain: moving {} to {}",
+            staging.display(),
+            entry.display()
+        )
+    })?;
     Ok(root)
 }
 
@@ -169,7 +219,11 @@ pub struct KernelOptions {
 }
 
 /// Stage 3: the kernel from the `linux-source` package the kernel recipe pins.
-pub fn kernel(fetched: &Fetched, options: &KernelOptions, cache: &Path) -> Result<usmol_kernel::KernelArtifact> {
+pub fn kernel(
+    fetched: &Fetched,
+    options: &KernelOptions,
+    cache: &Path,
+) -> Result<usmol_kernel::KernelArtifact> {
     let source = fetched
         .packages
         .iter()
@@ -187,8 +241,12 @@ pub fn kernel(fetched: &Fetched, options: &KernelOptions, cache: &Path) -> Resul
         toolchain: options.toolchain.clone(),
         source_date_epoch: None,
     };
-    let artifact = usmol_kernel::build(&inputs, cache, options.progress)
-        .with_context(|| format!("kernel: building {} {}", source.package.name, source.package.version))?;
+    let artifact = usmol_kernel::build(&inputs, cache, options.progress).with_context(|| {
+        format!(
+            "kernel: building {} {}",
+            source.package.name, source.package.version
+        )
+    })?;
     Ok(artifact)
 }
 
@@ -245,15 +303,18 @@ pub fn image(
         epoch: meta.epoch,
     };
     let oci_layout = out_dir.join("usmol-oci");
-    let built = usmol_oci::build_image(&artifact_dir, &oci_meta, &oci_layout).context("image: writing the OCI layout")?;
+    let built = usmol_oci::build_image(&artifact_dir, &oci_meta, &oci_layout)
+        .context("image: writing the OCI layout")?;
     let oci_archive = out_dir.join("usmol-oci.tar");
-    usmol_oci::write_oci_archive(&built, &oci_archive, meta.epoch).context("image: writing the OCI archive")?;
+    usmol_oci::write_oci_archive(&built, &oci_archive, meta.epoch)
+        .context("image: writing the OCI archive")?;
     let docker_archive = out_dir.join("usmol-docker.tar");
     let tags = oci_meta.tags();
     usmol_oci::write_docker_archive(&built, &tags, &docker_archive, meta.epoch)
         .context("image: writing the docker archive")?;
-    let plain_tarball = usmol_oci::write_plain_tarball(&artifact_dir, &meta.version, out_dir, meta.epoch)
-        .context("image: writing the plain tarball")?;
+    let plain_tarball =
+        usmol_oci::write_plain_tarball(&artifact_dir, &meta.version, out_dir, meta.epoch)
+            .context("image: writing the plain tarball")?;
     Ok(ImageOutputs {
         artifact_dir,
         oci_layout,
@@ -268,10 +329,12 @@ pub fn image(
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = to.with_extension("usmol-tmp");
-    std::fs::copy(from, &tmp).with_context(|| format!("image: copying {} to {}", from.display(), tmp.display()))?;
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("image: copying {} to {}", from.display(), tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("image: setting the mode of {}", tmp.display()))?;
-    std::fs::rename(&tmp, to).with_context(|| format!("image: renaming {} to {}", tmp.display(), to.display()))
+    std::fs::rename(&tmp, to)
+        .with_context(|| format!("image: renaming {} to {}", tmp.display(), to.display()))
 }
 
 /// SOURCE_DATE_EPOCH when set, else the newest Release date in the lock, so
@@ -279,10 +342,9 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
 pub fn source_date_epoch(lock: &Lock) -> Result<u64> {
     if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
         let text = value.to_string_lossy();
-        return text
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970"));
+        return text.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")
+        });
     }
     lock.releases
         .iter()

@@ -107,10 +107,24 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Lock { recipe, mirror } => {
             let fetched = usmol::fetch(&recipe, &MirrorChoice { flag: mirror }, true, &cache)?;
-            println!("{}: {} packages", recipe.display(), fetched.lock.packages.len());
+            println!(
+                "{}: {} packages",
+                recipe.display(),
+                fetched.lock.packages.len()
+            );
         }
-        Command::Rootfs { recipe, out, tree, fetch } => {
-            let fetched = usmol::fetch(&recipe, &MirrorChoice { flag: fetch.mirror }, fetch.update_lock, &cache)?;
+        Command::Rootfs {
+            recipe,
+            out,
+            tree,
+            fetch,
+        } => {
+            let fetched = usmol::fetch(
+                &recipe,
+                &MirrorChoice { flag: fetch.mirror },
+                fetch.update_lock,
+                &cache,
+            )?;
             let epoch = usmol::source_date_epoch(&fetched.lock)?;
             let outputs = usmol::rootfs(&fetched, epoch, &out, tree.as_deref())?;
             println!("rootfs:   {}", outputs.tarball.display());
@@ -122,15 +136,31 @@ fn main() -> Result<()> {
             let options = kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
             let artifact = usmol::kernel(&fetched, &options, &cache_dir)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            for (from, name) in [(&artifact.binary, "linux"), (&artifact.config, "linux.config")] {
-                std::fs::copy(from, out.join(name)).with_context(|| format!("copying {}", from.display()))?;
+            for (from, name) in [
+                (&artifact.binary, "linux"),
+                (&artifact.config, "linux.config"),
+            ] {
+                std::fs::copy(from, out.join(name))
+                    .with_context(|| format!("copying {}", from.display()))?;
             }
-            println!("kernel: {} ({})", out.join("linux").display(), if artifact.cached { "cached" } else { "built" });
+            println!(
+                "kernel: {} ({})",
+                out.join("linux").display(),
+                if artifact.cached { "cached" } else { "built" }
+            );
         }
-        Command::Image { recipe, kernel, launcher, init, out, fetch } => {
+        Command::Image {
+            recipe,
+            kernel,
+            launcher,
+            init,
+            out,
+            fetch,
+        } => {
             let mirror = MirrorChoice { flag: fetch.mirror };
             let userland = usmol::fetch(&recipe, &mirror, fetch.update_lock, &cache)?;
-            let kernel_fetched = usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
+            let kernel_fetched =
+                usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
             let epoch = usmol::source_date_epoch(&userland.lock)?;
             let rootfs = usmol::rootfs(&userland, epoch, &out.join("rootfs"), None)?;
             let options = kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
@@ -150,7 +180,8 @@ fn main() -> Result<()> {
             println!("pushed {reference}: {}", report.manifest_digest);
         }
         Command::Export { source, dir } => {
-            let runnable = usmol_oci::export(&source, &dir).with_context(|| format!("export: {source} to {}", dir.display()))?;
+            let runnable = usmol_oci::export(&source, &dir)
+                .with_context(|| format!("export: {source} to {}", dir.display()))?;
             println!("exported {source}: run it with {}/run", runnable.display());
         }
     }
@@ -181,9 +212,26 @@ fn kernel_options(
 fn print_summary(image: &usmol::ImageOutputs) {
     let d = |p: &PathBuf| p.display().to_string();
     println!("artifacts:");
-    println!("  runnable directory  {}      run: {}/run docker run --rm hello-world", d(&image.artifact_dir), d(&image.artifact_dir));
-    println!("  plain tarball       {}      run: tar xf <it> && ./usmol/run", d(&image.plain_tarball));
-    println!("  docker archive      {}      run: docker load -i <it> && docker run --rm {}", d(&image.docker_archive), image.tags.last().map_or("usmol:latest", String::as_str));
-    println!("  OCI layout          {}      push: usmol push <it> <registry>/<repo>:<tag>", d(&image.oci_layout));
-    println!("  OCI archive         {}      apptainer build usmol.sif oci-archive://<it>", d(&image.oci_archive));
+    println!(
+        "  runnable directory  {}      run: {}/run docker run --rm hello-world",
+        d(&image.artifact_dir),
+        d(&image.artifact_dir)
+    );
+    println!(
+        "  plain tarball       {}      run: tar xf <it> && ./usmol/run",
+        d(&image.plain_tarball)
+    );
+    println!(
+        "  docker archive      {}      run: docker load -i <it> && docker run --rm {}",
+        d(&image.docker_archive),
+        image.tags.last().map_or("usmol:latest", String::as_str)
+    );
+    println!(
+        "  OCI layout          {}      push: usmol push <it> <registry>/<repo>:<tag>",
+        d(&image.oci_layout)
+    );
+    println!(
+        "  OCI archive         {}      apptainer build usmol.sif oci-archive://<it>",
+        d(&image.oci_archive)
+    );
 }
