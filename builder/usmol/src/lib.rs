@@ -121,6 +121,54 @@ fn fetch_locked(
 pub struct RootfsOutputs {
     pub tarball: PathBuf,
     pub manifest: PathBuf,
+    /// Digest of everything the outputs were made from.
+    pub key: String,
+}
+
+/// A stage's record of the inputs its outputs in `out/` were made from, so
+/// a warm build with nothing changed skips the stage. The key includes the
+/// builder binary itself: new builder code rebuilds everything.
+mod stamp {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+
+    /// sha256 over length-prefixed parts, so no two part lists collide.
+    pub fn key(parts: &[&[u8]]) -> Result<String> {
+        let exe = std::env::current_exe().context("finding the builder's own binary")?;
+        let exe_digest = usmol_kernel::source::sha256_file(&exe)?;
+        let mut bytes = Vec::new();
+        for part in std::iter::once(exe_digest.as_bytes()).chain(parts.iter().copied()) {
+            bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(part);
+        }
+        Ok(usmol_archive::sha256_hex(&bytes))
+    }
+
+    /// The outputs exist and were made from `key`.
+    pub fn fresh(stamp: &Path, key: &str, outputs: &[&Path]) -> bool {
+        std::fs::read_to_string(stamp).is_ok_and(|recorded| recorded == key)
+            && outputs.iter().all(|output| output.exists())
+    }
+
+    /// Forgets the record before a stage rewrites its outputs, so a stage
+    /// that stops half-way is never taken for done.
+    pub fn clear(stamp: &Path) -> Result<()> {
+        match std::fs::remove_file(stamp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", stamp.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records `key` once every output is complete (temp file + rename).
+    pub fn record(stamp: &Path, key: &str) -> Result<()> {
+        let tmp = stamp.with_extension("tmp");
+        std::fs::write(&tmp, key).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, stamp)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), stamp.display()))
+    }
 }
 
 /// Stage 2: the rootfs tarball and manifest from fetched packages.
@@ -150,6 +198,24 @@ pub fn rootfs(
         tarball: out_dir.join("rootfs.tar"),
         manifest: out_dir.join("manifest.json"),
     };
+    let packages: Vec<&str> = debs.iter().map(|d| d.sha256.as_str()).collect();
+    let key = stamp::key(&[
+        b"rootfs",
+        packages.join(" ").as_bytes(),
+        format!("{:?}", fetched.recipe.rootfs).as_bytes(),
+        &epoch.to_le_bytes(),
+    ])?;
+    let stamp_path = out_dir.join(".rootfs-inputs");
+    // A tree output is not tracked by the stamp: build it every time.
+    if tree.is_none() && stamp::fresh(&stamp_path, &key, &[&outputs.tarball, &outputs.manifest]) {
+        eprintln!("usmol: rootfs: {} is up to date", outputs.tarball.display());
+        return Ok(RootfsOutputs {
+            tarball: outputs.tarball,
+            manifest: outputs.manifest,
+            key,
+        });
+    }
+    stamp::clear(&stamp_path)?;
     let summary = usmol_rootfs::build_rootfs(&debs, &fetched.recipe.rootfs, epoch, &outputs)
         .context("rootfs: assembling the root filesystem")?;
     for warning in &summary.warnings {
@@ -159,9 +225,11 @@ pub fn rootfs(
         "usmol: rootfs: {} packages, {} entries, tarball sha256 {}",
         summary.packages, summary.entries, summary.tarball_sha256
     );
+    stamp::record(&stamp_path, &key)?;
     Ok(RootfsOutputs {
         tarball: outputs.tarball,
         manifest: outputs.manifest,
+        key,
     })
 }
 
@@ -279,6 +347,44 @@ pub fn image(
 ) -> Result<ImageOutputs> {
     let artifact_dir = out_dir.join("usmol");
     let lib = artifact_dir.join("lib");
+    let oci_meta = usmol_oci::Metadata {
+        version: meta.version.clone(),
+        revision: meta.revision.clone(),
+        source: meta.source.clone(),
+        epoch: meta.epoch,
+    };
+    let outputs = ImageOutputs {
+        oci_layout: out_dir.join("usmol-oci"),
+        oci_archive: out_dir.join("usmol-oci.tar"),
+        docker_archive: out_dir.join("usmol-docker.tar"),
+        plain_tarball: out_dir.join(format!("usmol-{}.tar.zst", meta.version)),
+        tags: oci_meta.tags(),
+        artifact_dir,
+    };
+    let key = stamp::key(&[
+        b"image",
+        rootfs.key.as_bytes(),
+        kernel.cache_key.as_bytes(),
+        usmol_kernel::source::sha256_file(launcher)?.as_bytes(),
+        usmol_kernel::source::sha256_file(init)?.as_bytes(),
+        format!("{:?}", oci_meta).as_bytes(),
+    ])?;
+    let stamp_path = out_dir.join(".image-inputs");
+    let all = [
+        &outputs.oci_layout,
+        &outputs.oci_archive,
+        &outputs.docker_archive,
+        &outputs.plain_tarball,
+        &outputs.artifact_dir.join("run"),
+        &lib.join("rootfs.ext4"),
+        &lib.join("linux"),
+    ];
+    if stamp::fresh(&stamp_path, &key, &all.map(PathBuf::as_path)) {
+        eprintln!("usmol: image: every artifact is up to date");
+        return Ok(outputs);
+    }
+    stamp::clear(&stamp_path)?;
+    let artifact_dir = &outputs.artifact_dir;
     std::fs::create_dir_all(&lib).with_context(|| format!("image: creating {}", lib.display()))?;
     usmol_oci::make_ext4(
         &rootfs.tarball,
@@ -296,33 +402,23 @@ pub fn image(
     copy(&rootfs.manifest, &lib.join("manifest.json"), 0o644)?;
     copy(launcher, &artifact_dir.join("run"), 0o755)?;
 
-    let oci_meta = usmol_oci::Metadata {
-        version: meta.version.clone(),
-        revision: meta.revision.clone(),
-        source: meta.source.clone(),
-        epoch: meta.epoch,
-    };
-    let oci_layout = out_dir.join("usmol-oci");
-    let built = usmol_oci::build_image(&artifact_dir, &oci_meta, &oci_layout)
+    let built = usmol_oci::build_image(artifact_dir, &oci_meta, &outputs.oci_layout)
         .context("image: writing the OCI layout")?;
-    let oci_archive = out_dir.join("usmol-oci.tar");
-    usmol_oci::write_oci_archive(&built, &oci_archive, meta.epoch)
+    usmol_oci::write_oci_archive(&built, &outputs.oci_archive, meta.epoch)
         .context("image: writing the OCI archive")?;
-    let docker_archive = out_dir.join("usmol-docker.tar");
-    let tags = oci_meta.tags();
-    usmol_oci::write_docker_archive(&built, &tags, &docker_archive, meta.epoch)
+    usmol_oci::write_docker_archive(&built, &outputs.tags, &outputs.docker_archive, meta.epoch)
         .context("image: writing the docker archive")?;
     let plain_tarball =
-        usmol_oci::write_plain_tarball(&artifact_dir, &meta.version, out_dir, meta.epoch)
+        usmol_oci::write_plain_tarball(artifact_dir, &meta.version, out_dir, meta.epoch)
             .context("image: writing the plain tarball")?;
-    Ok(ImageOutputs {
-        artifact_dir,
-        oci_layout,
-        oci_archive,
-        docker_archive,
-        plain_tarball,
-        tags,
-    })
+    anyhow::ensure!(
+        plain_tarball == outputs.plain_tarball,
+        "image: the plain tarball went to {}, expected {}",
+        plain_tarball.display(),
+        outputs.plain_tarball.display()
+    );
+    stamp::record(&stamp_path, &key)?;
+    Ok(outputs)
 }
 
 /// Copies `from` to `to` atomically with `mode`.
@@ -352,4 +448,35 @@ pub fn source_date_epoch(lock: &Lock) -> Result<u64> {
         .map(|d| d.timestamp().max(0) as u64)
         .max()
         .context("the lock records no Release date; set SOURCE_DATE_EPOCH")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+
+    #[test]
+    fn stamp_is_fresh_only_for_the_same_key_and_present_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("rootfs.tar");
+        let record = dir.path().join(".inputs");
+        let key = stamp::key(&[b"a", b"b"]).unwrap();
+        assert_ne!(
+            key,
+            stamp::key(&[b"ab"]).unwrap(),
+            "parts are length-prefixed"
+        );
+        std::fs::write(&output, b"x").unwrap();
+        assert!(!stamp::fresh(&record, &key, &[&output]), "no record yet");
+        stamp::record(&record, &key).unwrap();
+        assert!(stamp::fresh(&record, &key, &[&output]));
+        assert!(
+            !stamp::fresh(&record, &stamp::key(&[b"c"]).unwrap(), &[&output]),
+            "other inputs"
+        );
+        std::fs::remove_file(&output).unwrap();
+        assert!(!stamp::fresh(&record, &key, &[&output]), "output gone");
+        stamp::clear(&record).unwrap();
+        stamp::clear(&record).unwrap();
+        assert!(!record.exists());
+    }
 }
