@@ -1606,8 +1606,8 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\nThe cold build is not measured here: it needs an empty cache and takes about 15 minutes \
-             on 2 cores. Time it with `time env USMOL_CACHE_DIR=$(mktemp -d) cargo xtask build-image`."
+            "\nThe cold build is not measured here: it needs an empty cache (downloads and the kernel \
+             compile; see the History section for a measured figure). Time it with `time env USMOL_CACHE_DIR=$(mktemp -d) cargo xtask build-image`."
         );
     }
 }
