@@ -32,7 +32,8 @@ fn cgroup_controllers_and_both_netfilter_backends() {
         "cat /sys/fs/cgroup/cgroup.controllers; \
          iptables-legacy -t nat -L POSTROUTING -n >/dev/null && echo legacy-nat-ok; \
          iptables-nft -t nat -A POSTROUTING -o lo -j MASQUERADE && \
-         iptables-nft -t nat -L POSTROUTING -n | grep -q MASQUERADE && echo nft-nat-ok",
+         iptables-nft -t nat -L POSTROUTING -n | grep -q MASQUERADE && echo nft-nat-ok; \
+         nft list ruleset | grep -q masquerade && echo nft-ruleset-ok",
         false,
     );
     let controllers: Vec<&str> = out

@@ -307,7 +307,12 @@ pub fn kernel(
         fragments_dir: absolute(&options.fragments_dir)?,
         patches_dir: absolute(&options.patches_dir)?,
         toolchain: options.toolchain.clone(),
-        source_date_epoch: None,
+        // SOURCE_DATE_EPOCH when the caller fixes one; otherwise the kernel
+        // crate takes the source's own date, which the source pins.
+        source_date_epoch: match std::env::var_os("SOURCE_DATE_EPOCH") {
+            Some(_) => Some(source_date_epoch_from_env()?),
+            None => None,
+        },
     };
     let artifact = usmol_kernel::build(&inputs, cache, options.progress).with_context(|| {
         format!(
@@ -433,14 +438,24 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("image: renaming {} to {}", tmp.display(), to.display()))
 }
 
+/// SOURCE_DATE_EPOCH, which the caller has checked is set.
+fn source_date_epoch_from_env() -> Result<i64> {
+    let value = std::env::var_os("SOURCE_DATE_EPOCH").unwrap_or_default();
+    let text = value.to_string_lossy();
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|epoch| *epoch >= 0)
+        .with_context(|| {
+            format!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")
+        })
+}
+
 /// SOURCE_DATE_EPOCH when set, else the newest Release date in the lock, so
 /// the same inputs always give the same timestamps.
 pub fn source_date_epoch(lock: &Lock) -> Result<u64> {
-    if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
-        let text = value.to_string_lossy();
-        return text.trim().parse().with_context(|| {
-            format!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")
-        });
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+        return source_date_epoch_from_env().map(|epoch| epoch as u64);
     }
     lock.releases
         .iter()
