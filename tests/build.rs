@@ -1,7 +1,8 @@
 //! Builds the tests' static programs, which become the nested containers'
 //! images (no registry is reachable):
 //! - `hello`: a libc-free hello-world (image `hello-world:latest`);
-//! - `tool`: a multi-call file helper (image `usmol-tool:latest`).
+//! - `tool`: a multi-call file helper (image `usmol-tool:latest`);
+//! - `hostfs_probe`: tries to leave hostfs's confinement from the guest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +21,15 @@ fn main() {
         &out_dir.join("tool"),
     );
     println!("cargo::rustc-env=USMOL_TEST_TOOL_BIN={}", tool.display());
+    let probe = compile(
+        "fixtures/hostfs_probe.c",
+        &["-Wall", "-Werror", "-D_GNU_SOURCE"],
+        &out_dir.join("hostfs_probe"),
+    );
+    println!(
+        "cargo::rustc-env=USMOL_TEST_HOSTFS_PROBE_BIN={}",
+        probe.display()
+    );
 }
 
 /// Compiles one C file into a static, stripped executable.

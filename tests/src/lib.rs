@@ -13,6 +13,12 @@ pub fn tool_binary() -> &'static Path {
     Path::new(env!("USMOL_TEST_TOOL_BIN"))
 }
 
+/// The static program that tries to leave hostfs's confinement from inside
+/// the guest (see `fixtures/hostfs_probe.c`).
+pub fn hostfs_probe_binary() -> &'static Path {
+    Path::new(env!("USMOL_TEST_HOSTFS_PROBE_BIN"))
+}
+
 /// The one switch for slow tests (kernel builds, boots, registries).
 /// Returns false, after saying so, when they are not asked for.
 pub fn slow_tests_enabled(test: &str) -> bool {

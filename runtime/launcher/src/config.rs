@@ -143,6 +143,10 @@ pub struct KernelPlan<'a> {
     pub rootfs: &'a Path,
     pub docker_disk: &'a Path,
     pub hostfs_root: &'a Path,
+    /// The volume links below `hostfs_root` (`v/<n>`): the kernel resolves
+    /// them once at boot and confines every hostfs mount to `hostfs_root`
+    /// and their targets (kernel patch 0003).
+    pub volume_links: &'a [String],
     /// UML's umid/mconsole directory (default `~/.uml`, which needs $HOME).
     pub uml_dir: &'a Path,
     pub debug: bool,
@@ -180,6 +184,13 @@ pub fn kernel_args(p: &KernelPlan) -> Vec<String> {
         "rw".into(),
         format!("init={}", usmol_channel::INIT_PATH),
         format!("hostfs={}", p.hostfs_root.display()),
+    ]);
+    a.extend(
+        p.volume_links
+            .iter()
+            .map(|link| format!("hostfs_volume={link}")),
+    );
+    a.extend([
         format!("uml_dir={}", p.uml_dir.display()),
         // Every console line off, then the ones we use.
         "con=null".into(),
@@ -272,6 +283,7 @@ mod tests {
             rootfs: Path::new("/usmol/lib/rootfs.ext4"),
             docker_disk: Path::new("/var/lib/usmol/docker.ext4"),
             hostfs_root: Path::new("/tmp/u/hostfs"),
+            volume_links: &[],
             uml_dir: Path::new("/tmp/u"),
             debug: false,
         };
@@ -290,6 +302,18 @@ mod tests {
         };
         let line = kernel_args(&no_smp).join(" ");
         assert!(!line.contains("ncpus") && line.ends_with("loglevel=7"));
+        let links = ["v/0".to_owned(), "v/1".to_owned()];
+        let with_volumes = KernelPlan {
+            volume_links: &links,
+            ..p
+        };
+        let line = kernel_args(&with_volumes).join(" ");
+        assert!(
+            line.contains(
+                "hostfs=/tmp/u/hostfs hostfs_volume=v/0 hostfs_volume=v/1 uml_dir=/tmp/u"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -226,6 +226,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         }
     }
 
+    let volume_links: Vec<String> = volumes.iter().map(|v| v.share_path.clone()).collect();
     let tty = host::isatty(0) && host::isatty(1);
     let request = Request {
         version: FORMAT_VERSION,
@@ -264,6 +265,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         rootfs: &assets.rootfs,
         docker_disk: &disk,
         hostfs_root: &hostfs_root,
+        volume_links: &volume_links,
         uml_dir: &private.path,
         debug,
     };
