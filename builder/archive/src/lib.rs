@@ -8,6 +8,7 @@
 
 mod cache;
 pub mod deb822;
+pub mod kernel_org;
 mod lock;
 pub mod mirror;
 pub mod packages;
@@ -17,6 +18,7 @@ pub mod resolve;
 use std::path::PathBuf;
 
 pub use cache::{Cache, DEFAULT_PARALLEL, Download, cache_dir, sha256_hex};
+pub use kernel_org::{VerifiedSource, verify_kernel_org, verify_kernel_org_with};
 pub use lock::{FetchedPackage, Trust, fetch, lock, lock_with, recipe_sha256};
 pub use mirror::{MIRROR_ENV, Mirror, MirrorOrigin, resolve_mirror, resolve_mirror_from};
 pub use release::{Keyring, Release, ReleaseCheck, verify_inrelease};
@@ -44,6 +46,8 @@ pub enum Error {
     },
     #[error("archive key {name}: {message}")]
     Key { name: String, message: String },
+    #[error("{path}: kernel.org source verification failed: {message}")]
+    KernelOrg { path: PathBuf, message: String },
     #[error("{url}: signature verification failed: {message}")]
     Signature { url: String, message: String },
     #[error("{url}: {message}")]

@@ -36,17 +36,17 @@ const VENDORED: &[(&str, &str)] = &[
 
 /// One key (primary or signing subkey) that may sign a Release.
 #[derive(Debug, Clone)]
-struct TrustedKey {
+pub(crate) struct TrustedKey {
     /// Name of the file it came from, for error messages.
-    origin: String,
-    fingerprint: String,
-    key: KeyMaterial,
+    pub(crate) origin: String,
+    pub(crate) fingerprint: String,
+    pub(crate) key: KeyMaterial,
     /// Unix time after which the key no longer counts.
-    expires: Option<i64>,
+    pub(crate) expires: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
-enum KeyMaterial {
+pub(crate) enum KeyMaterial {
     Primary(pgp::packet::PublicKey),
     Subkey(pgp::packet::PublicSubkey),
 }
@@ -65,7 +65,7 @@ fn issued_by(sig: &pgp::packet::Signature, fingerprint: &str) -> bool {
 /// The set of keys an InRelease may be signed with.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    keys: Vec<TrustedKey>,
+    pub(crate) keys: Vec<TrustedKey>,
 }
 
 impl Keyring {
@@ -151,6 +151,15 @@ impl Keyring {
             });
         }
         Ok(Keyring { keys })
+    }
+
+    /// Fingerprints (upper-case hex) of the primary keys only.
+    pub fn primary_fingerprints(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|k| matches!(k.key, KeyMaterial::Primary(_)))
+            .map(|k| k.fingerprint.clone())
+            .collect()
     }
 
     /// Fingerprints (upper-case hex) of every key and subkey in the ring.
