@@ -5,7 +5,8 @@
 //! Stages, in order (see ARCHITECTURE.md):
 //! 1. fetch: recipe -> lock (resolved only when missing or asked) -> `.deb`s;
 //! 2. rootfs: `.deb`s -> deterministic tarball + manifest;
-//! 3. kernel: `linux-source` -> patched, configured, cached `linux`;
+//! 3. kernel: `linux-source` (or a kernel.org tarball whose signature verified
+//!    first) -> patched, configured, cached `linux`;
 //! 4. image: rootfs + init -> ext4 disk; disk + kernel + launcher -> the
 //!    artifact directory, the OCI layout and archive, the docker archive and
 //!    the plain tarball.
@@ -297,13 +298,65 @@ pub fn kernel(
         .iter()
         .find(|f| f.package.name.starts_with("linux-source"))
         .context("kernel: the kernel recipe pins no linux-source-X.Y package")?;
+    let label = format!("{} {}", source.package.name, source.package.version);
+    build_kernel(&source.path, &source.package.sha256, &label, options, cache)
+}
+
+/// A kernel.org release tarball whose signature verified against the
+/// vendored kernel.org keys.
+pub struct KernelOrgSource {
+    pub tarball: PathBuf,
+    pub verified: usmol_archive::VerifiedSource,
+}
+
+/// Stage 3, kernel.org variant, first step: verify `linux-X.Y.Z.tar.xz`
+/// against `linux-X.Y.Z.tar.sign` before anything else uses it.
+pub fn verify_kernel_org(tarball: &Path, signature: &Path) -> Result<KernelOrgSource> {
+    let verified = usmol_archive::verify_kernel_org(tarball, signature)
+        .with_context(|| format!("kernel: verifying {}", tarball.display()))?;
+    Ok(KernelOrgSource {
+        tarball: std::path::absolute(tarball)
+            .with_context(|| format!("kernel: resolving {}", tarball.display()))?,
+        verified,
+    })
+}
+
+/// Stage 3 from a verified kernel.org tarball instead of `linux-source`.
+pub fn kernel_from_kernel_org(
+    source: &KernelOrgSource,
+    options: &KernelOptions,
+    cache: &Path,
+) -> Result<usmol_kernel::KernelArtifact> {
+    let label = format!(
+        "{} (signed by {})",
+        source.tarball.display(),
+        source.verified.signer_fingerprint
+    );
+    // The kernel build re-checks this hash, so the file it unpacks is the
+    // one whose signature verified.
+    build_kernel(
+        &source.tarball,
+        &source.verified.sha256,
+        &label,
+        options,
+        cache,
+    )
+}
+
+fn build_kernel(
+    source: &Path,
+    sha256: &str,
+    label: &str,
+    options: &KernelOptions,
+    cache: &Path,
+) -> Result<usmol_kernel::KernelArtifact> {
     // The build runs in another directory: relative paths would not resolve.
     let absolute = |dir: &Path| {
         std::path::absolute(dir).with_context(|| format!("kernel: resolving {}", dir.display()))
     };
     let inputs = usmol_kernel::KernelInputs {
-        source: source.path.clone(),
-        source_sha256: source.package.sha256.clone(),
+        source: source.to_path_buf(),
+        source_sha256: sha256.to_owned(),
         fragments_dir: absolute(&options.fragments_dir)?,
         patches_dir: absolute(&options.patches_dir)?,
         toolchain: options.toolchain.clone(),
@@ -314,12 +367,8 @@ pub fn kernel(
             None => None,
         },
     };
-    let artifact = usmol_kernel::build(&inputs, cache, options.progress).with_context(|| {
-        format!(
-            "kernel: building {} {}",
-            source.package.name, source.package.version
-        )
-    })?;
+    let artifact = usmol_kernel::build(&inputs, cache, options.progress)
+        .with_context(|| format!("kernel: building {label}"))?;
     Ok(artifact)
 }
 

@@ -43,6 +43,32 @@ struct KernelArgs {
     /// (the output then depends on the host's tool versions).
     #[arg(long)]
     host_tools: bool,
+    /// Build from this kernel.org release (`linux-X.Y.Z.tar.xz`) instead of
+    /// Debian's linux-source; verified first against vendor-keys/kernel.org.
+    #[arg(long, requires = "kernel_org_signature", value_name = "TAR_XZ")]
+    kernel_org_tarball: Option<PathBuf>,
+    /// The release's detached signature, `linux-X.Y.Z.tar.sign`.
+    #[arg(long, requires = "kernel_org_tarball", value_name = "TAR_SIGN")]
+    kernel_org_signature: Option<PathBuf>,
+}
+
+impl KernelArgs {
+    /// The kernel.org source, verified, when one is given; verification
+    /// comes before any fetch or build.
+    fn verified_kernel_org(&self) -> Result<Option<usmol::KernelOrgSource>> {
+        match (&self.kernel_org_tarball, &self.kernel_org_signature) {
+            (Some(tarball), Some(signature)) => {
+                let source = usmol::verify_kernel_org(tarball, signature)?;
+                eprintln!(
+                    "kernel: {} verified, signed by {}",
+                    tarball.display(),
+                    source.verified.signer_fingerprint
+                );
+                Ok(Some(source))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -131,10 +157,22 @@ fn main() -> Result<()> {
             println!("manifest: {}", outputs.manifest.display());
         }
         Command::Kernel { kernel, out, fetch } => {
+            let kernel_org = kernel.verified_kernel_org()?;
             let mirror = MirrorChoice { flag: fetch.mirror };
-            let fetched = usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
-            let options = kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
-            let artifact = usmol::kernel(&fetched, &options, &cache_dir)?;
+            let artifact = match &kernel_org {
+                Some(source) => {
+                    let options =
+                        kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
+                    usmol::kernel_from_kernel_org(source, &options, &cache_dir)?
+                }
+                None => {
+                    let fetched =
+                        usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
+                    let options =
+                        kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
+                    usmol::kernel(&fetched, &options, &cache_dir)?
+                }
+            };
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             for (from, name) in [
                 (&artifact.binary, "linux"),
@@ -157,14 +195,26 @@ fn main() -> Result<()> {
             out,
             fetch,
         } => {
+            let kernel_org = kernel.verified_kernel_org()?;
             let mirror = MirrorChoice { flag: fetch.mirror };
             let userland = usmol::fetch(&recipe, &mirror, fetch.update_lock, &cache)?;
-            let kernel_fetched =
-                usmol::fetch(&kernel.kernel_recipe, &mirror, fetch.update_lock, &cache)?;
+            let kernel_fetched = match kernel_org {
+                Some(_) => None,
+                None => Some(usmol::fetch(
+                    &kernel.kernel_recipe,
+                    &mirror,
+                    fetch.update_lock,
+                    &cache,
+                )?),
+            };
             let epoch = usmol::source_date_epoch(&userland.lock)?;
             let rootfs = usmol::rootfs(&userland, epoch, &out.join("rootfs"), None)?;
             let options = kernel_options(&kernel, &mirror, fetch.update_lock, &cache, progress)?;
-            let linux = usmol::kernel(&kernel_fetched, &options, &cache_dir)?;
+            let linux = match (&kernel_org, &kernel_fetched) {
+                (Some(source), _) => usmol::kernel_from_kernel_org(source, &options, &cache_dir)?,
+                (None, Some(fetched)) => usmol::kernel(fetched, &options, &cache_dir)?,
+                (None, None) => unreachable!("the kernel recipe is fetched without kernel.org"),
+            };
             let meta = ImageMeta {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 revision: std::env::var("USMOL_REVISION").unwrap_or_else(|_| "unknown".into()),
