@@ -108,16 +108,7 @@ pub fn verify_kernel_org_with(
         )));
     }
 
-    let issuers: Vec<String> = sig
-        .issuer_fingerprint()
-        .iter()
-        .map(|f| hex::encode_upper(f.as_bytes()))
-        .chain(
-            sig.issuer_key_id()
-                .iter()
-                .map(|k| hex::encode_upper(k.as_ref())),
-        )
-        .collect();
+    let issuers = crate::release::issuer_ids(&sig);
     // Picking the key from the issuer before reading lets one pass over the
     // tarball suffice; a signature naming no issuer is tried against each
     // key in turn (one pass per key).

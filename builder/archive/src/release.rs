@@ -13,6 +13,19 @@ use pgp::types::KeyDetails;
 
 use crate::{Error, Result};
 
+/// The issuer fingerprints and key ids a signature names, upper-case hex.
+pub(crate) fn issuer_ids(sig: &pgp::packet::Signature) -> Vec<String> {
+    sig.issuer_fingerprint()
+        .iter()
+        .map(|f| hex::encode_upper(f.as_bytes()))
+        .chain(
+            sig.issuer_key_id()
+                .iter()
+                .map(|k| hex::encode_upper(k.as_ref())),
+        )
+        .collect()
+}
+
 /// The Debian archive keys shipped with the source tree (see
 /// `vendor-keys/README.md` for where they come from and how to refresh them).
 const VENDORED: &[(&str, &str)] = &[
@@ -186,16 +199,7 @@ impl Keyring {
         let mut issuers = Vec::new();
         let mut expired = Vec::new();
         for sig in msg.signatures() {
-            let ids: Vec<String> = sig
-                .issuer_fingerprint()
-                .iter()
-                .map(|f| hex::encode_upper(f.as_bytes()))
-                .chain(
-                    sig.issuer_key_id()
-                        .iter()
-                        .map(|k| hex::encode_upper(k.as_ref())),
-                )
-                .collect();
+            let ids = issuer_ids(sig);
             for key in &self.keys {
                 if !ids.is_empty() && !ids.iter().any(|id| key.fingerprint.ends_with(id.as_str())) {
                     continue;
