@@ -13,6 +13,20 @@ use pgp::types::KeyDetails;
 
 use crate::{Error, Result};
 
+/// When a key made at `created` (seconds) expires: the newest of its self
+/// or binding signatures states the current lifetime; none means never.
+fn expiry<'a>(
+    created: u32,
+    signatures: impl Iterator<Item = &'a pgp::packet::Signature>,
+) -> Option<i64> {
+    signatures
+        .max_by_key(|s| s.created().map(|t| t.as_secs()))
+        .and_then(|s| s.key_expiration_time())
+        .map(|d| d.as_secs())
+        .filter(|&lifetime| lifetime > 0)
+        .map(|lifetime| i64::from(created) + lifetime as i64)
+}
+
 /// The issuer fingerprints and key ids a signature names, upper-case hex.
 pub(crate) fn issuer_ids(sig: &pgp::packet::Signature) -> Vec<String> {
     sig.issuer_fingerprint()
@@ -126,33 +140,18 @@ impl Keyring {
                     sub.verify_bindings(primary)
                         .map_err(|e| key_err(format!("subkey binding does not verify: {e}")))?;
                 }
-                let created = primary.created_at().as_secs() as i64;
-                // The newest self-signature states the current expiry.
-                let lifetime = self_sigs
-                    .iter()
-                    .max_by_key(|s| s.created().map(|t| t.as_secs()))
-                    .and_then(|s| s.key_expiration_time())
-                    .map(|d| d.as_secs());
                 keys.push(TrustedKey {
                     origin: name.clone(),
                     fingerprint: hex::encode_upper(cert.primary_key.fingerprint().as_bytes()),
                     key: KeyMaterial::Primary(cert.primary_key.clone()),
-                    expires: lifetime.filter(|&s| s > 0).map(|s| created + s as i64),
+                    expires: expiry(primary.created_at().as_secs(), self_sigs.iter().copied()),
                 });
                 for sub in &cert.public_subkeys {
-                    let created = sub.key.created_at().as_secs() as i64;
-                    // The newest binding signature states the current expiry.
-                    let lifetime = sub
-                        .signatures
-                        .iter()
-                        .max_by_key(|s| s.created().map(|t| t.as_secs()))
-                        .and_then(|s| s.key_expiration_time())
-                        .map(|d| d.as_secs());
                     keys.push(TrustedKey {
                         origin: name.clone(),
                         fingerprint: hex::encode_upper(sub.key.fingerprint().as_bytes()),
                         key: KeyMaterial::Subkey(sub.key.clone()),
-                        expires: lifetime.filter(|&s| s > 0).map(|s| created + s as i64),
+                        expires: expiry(sub.key.created_at().as_secs(), sub.signatures.iter()),
                     });
                 }
             }
