@@ -4,7 +4,8 @@
 //! Chain of trust: the vendored archive keys (`vendor-keys/`) verify
 //! `dists/<suite>/InRelease`; its SHA256 list pins each `Packages.xz`; each
 //! Packages stanza pins a `.deb`'s sha256 and size, which the lock records.
-//! A build with a lock checks only the lock's hashes ([`fetch`]).
+//! A build with a lock checks only the lock's hashes ([`fetch`]). Source
+//! packages follow the same chain through `Sources.xz` ([`sources`]).
 
 mod cache;
 pub mod deb822;
@@ -14,15 +15,19 @@ pub mod mirror;
 pub mod packages;
 pub mod release;
 pub mod resolve;
+pub mod sources;
 
 use std::path::PathBuf;
 
 pub use cache::{Cache, DEFAULT_PARALLEL, Download, cache_dir, sha256_hex};
 pub use kernel_org::{VerifiedSource, verify_kernel_org, verify_kernel_org_with};
 pub use lock::{FetchedPackage, Trust, fetch, lock, lock_with, recipe_sha256};
-pub use mirror::{MIRROR_ENV, Mirror, MirrorOrigin, resolve_mirror, resolve_mirror_from};
+pub use mirror::{
+    MIRROR_ENV, Mirror, MirrorOrigin, resolve_mirror, resolve_mirror_for, resolve_mirror_from,
+};
 pub use release::{Keyring, Release, ReleaseCheck, verify_inrelease};
 pub use resolve::{Universe, resolve};
+pub use sources::{FetchedSourceFile, cached_source, fetch_source, lock_source};
 
 /// Errors of the archive stage; each names the URL or path involved.
 #[derive(Debug, thiserror::Error)]

@@ -137,11 +137,23 @@ fn fetch_release(
     previous: Option<&Lock>,
     trust: &Trust,
 ) -> Result<(Release, LockedRelease)> {
-    let url = mirror.join(&format!("dists/{suite}/InRelease"));
-    let bytes = cache.get_bytes(&url)?;
     let previous_date = previous
         .and_then(|l| l.releases.iter().find(|r| r.suite == suite))
         .map(|r| r.date.as_str());
+    fetch_inrelease(suite, mirror, cache, previous_date, trust)
+}
+
+/// Fetches and verifies one suite's InRelease; `previous_date` is the
+/// `Date` the lock being replaced recorded (an older one is a rollback).
+pub(crate) fn fetch_inrelease(
+    suite: &str,
+    mirror: &Mirror,
+    cache: &Cache,
+    previous_date: Option<&str>,
+    trust: &Trust,
+) -> Result<(Release, LockedRelease)> {
+    let url = mirror.join(&format!("dists/{suite}/InRelease"));
+    let bytes = cache.get_bytes(&url)?;
     let check = ReleaseCheck {
         suite,
         now: trust.now,
@@ -205,10 +217,10 @@ fn index_downloads(
     Ok(out)
 }
 
-fn decompress_xz(path: &Path, url: &str) -> Result<String> {
+pub(crate) fn decompress_xz(path: &Path, url: &str) -> Result<String> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_owned(),
-        stage: "reading a Packages index",
+        stage: "reading a downloaded index",
         source,
     })?;
     let mut text = String::new();

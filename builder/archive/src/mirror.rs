@@ -93,7 +93,29 @@ pub fn resolve_mirror_from(
     if let Some(url) = env.filter(|v| !v.trim().is_empty()) {
         return Mirror::new(url, MirrorOrigin::Env);
     }
-    if let Some(url) = &recipe.distribution.mirror {
+    resolve_configured(flag, env, recipe.distribution.mirror.as_deref(), apt_dir)
+}
+
+/// [`resolve_mirror`] for a recipe whose mirror setting is `recipe_mirror`
+/// (a source recipe has no [`Recipe`]): same order.
+pub fn resolve_mirror_for(flag: Option<&str>, recipe_mirror: Option<&str>) -> Result<Mirror> {
+    let env = std::env::var(MIRROR_ENV).ok();
+    resolve_configured(flag, env.as_deref(), recipe_mirror, Path::new("/etc/apt"))
+}
+
+fn resolve_configured(
+    flag: Option<&str>,
+    env: Option<&str>,
+    recipe_mirror: Option<&str>,
+    apt_dir: &Path,
+) -> Result<Mirror> {
+    if let Some(url) = flag {
+        return Mirror::new(url, MirrorOrigin::Flag);
+    }
+    if let Some(url) = env.filter(|v| !v.trim().is_empty()) {
+        return Mirror::new(url, MirrorOrigin::Env);
+    }
+    if let Some(url) = recipe_mirror {
         return Mirror::new(url, MirrorOrigin::Recipe);
     }
     let mut searched = Vec::new();

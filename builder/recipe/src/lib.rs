@@ -202,6 +202,135 @@ pub struct LockedPackage {
     pub size: u64,
 }
 
+/// A recipe pinning one Debian *source* package that usmol builds itself
+/// (e.g. `recipes/passt.toml`), rather than binary packages to install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecipe {
+    pub distribution: SourceDistribution,
+    pub source: SourcePin,
+}
+
+/// Where the source package is listed: one suite's `Sources` index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDistribution {
+    pub suite: String,
+    #[serde(default = "default_component")]
+    pub component: String,
+    /// Mirror base URL; configuration, as in [`Distribution::mirror`].
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+fn default_component() -> String {
+    "main".to_owned()
+}
+
+/// The source package and the exact version wanted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePin {
+    pub package: String,
+    /// Exact Debian version, e.g. `0.0~git20250503.587980c-2+deb13u1`.
+    pub version: String,
+}
+
+/// The lock beside a [`SourceRecipe`]: the Release it was resolved against
+/// and every file of the source package with its sha256 from `Sources`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLock {
+    pub version: u32,
+    pub recipe_sha256: String,
+    pub release: LockedRelease,
+    pub source: LockedSource,
+}
+
+/// One resolved source package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSource {
+    pub package: String,
+    pub version: String,
+    /// Pool directory below the mirror root, e.g. `pool/main/p/passt`.
+    pub directory: String,
+    #[serde(rename = "file")]
+    pub files: Vec<LockedSourceFile>,
+}
+
+/// A file of a source package (`.dsc`, `.orig.tar.*`, `.debian.tar.*`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSourceFile {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl SourceRecipe {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = read(path)?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let recipe: SourceRecipe = parse_toml(path, text)?;
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        for (field, value) in [
+            ("distribution.suite", &recipe.distribution.suite),
+            ("source.package", &recipe.source.package),
+            ("source.version", &recipe.source.version),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(format!("{field} is empty")));
+            }
+        }
+        Ok(recipe)
+    }
+}
+
+impl SourceLock {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = read(path)?;
+        let lock: SourceLock = parse_toml(path, &text)?;
+        if lock.version != LOCK_VERSION {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "lock format version {} is not supported (expected {LOCK_VERSION}); refresh it with --update-lock",
+                    lock.version
+                ),
+            });
+        }
+        Ok(lock)
+    }
+
+    /// Writes the lock atomically (temp file + rename), files sorted.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut lock = self.clone();
+        lock.source.files.sort();
+        let text = toml::to_string_pretty(&lock).map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        write_atomically(path, &text)
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("lock.tmp");
+    let write_err = |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::write(&tmp, text).map_err(write_err)?;
+    std::fs::rename(&tmp, path).map_err(write_err)
+}
+
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_owned(),
@@ -307,13 +436,7 @@ impl Lock {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let tmp = path.with_extension("lock.tmp");
-        let write_err = |source| Error::Write {
-            path: path.to_owned(),
-            source,
-        };
-        std::fs::write(&tmp, text).map_err(write_err)?;
-        std::fs::rename(&tmp, path).map_err(write_err)
+        write_atomically(path, &text)
     }
 
     /// The conventional lock path beside a recipe: `x.toml` -> `x.lock`.
@@ -369,6 +492,56 @@ include = ["tini"]
             .unwrap_err()
             .to_string();
         assert!(msg.contains("must be absolute"), "{msg}");
+    }
+
+    #[test]
+    fn source_recipe_and_lock_round_trip() {
+        let text = "[distribution]\nsuite = \"trixie\"\n\n[source]\npackage = \"passt\"\nversion = \"1-1\"\n";
+        let r = SourceRecipe::parse(Path::new("p.toml"), text).unwrap();
+        assert_eq!(r.distribution.component, "main");
+        let err = SourceRecipe::parse(Path::new("p.toml"), &text.replace("version", "versoin"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:6:1: unknown field `versoin`"),
+            "{err}"
+        );
+        let err = SourceRecipe::parse(Path::new("p.toml"), &text.replace("\"1-1\"", "\"\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.version is empty"), "{err}");
+
+        let dir = tempfile_dir("source-lock");
+        let path = dir.join("p.lock");
+        let lock = SourceLock {
+            version: LOCK_VERSION,
+            recipe_sha256: "00".into(),
+            release: LockedRelease {
+                suite: "trixie".into(),
+                codename: "trixie".into(),
+                date: "Sat, 21 Nov 2026 09:15:44 UTC".into(),
+                inrelease_sha256: "11".into(),
+            },
+            source: LockedSource {
+                package: "passt".into(),
+                version: "1-1".into(),
+                directory: "pool/main/p/passt".into(),
+                files: vec![LockedSourceFile {
+                    name: "passt_1-1.dsc".into(),
+                    sha256: "22".into(),
+                    size: 3,
+                }],
+            },
+        };
+        lock.save(&path).unwrap();
+        assert_eq!(SourceLock::load(&path).unwrap(), lock);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("usmol-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
