@@ -12,6 +12,7 @@
 //! builder; its contract with init is `usmol-channel`.
 
 pub mod config;
+pub mod hardening;
 pub mod host;
 pub mod mountinfo;
 pub mod run;
@@ -138,6 +139,7 @@ pub fn main_with(args: Vec<String>) -> i32 {
 }
 
 fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
+    hardening::harden();
     let t0 = Instant::now();
     let env = env_map();
     let get = |k: &str| env.get(k).map(String::as_str);
@@ -172,6 +174,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let tmp_base = PathBuf::from(get("USMOL_TMPDIR").or(get("TMPDIR")).unwrap_or("/tmp"));
     let mut private = run::PrivateDir::create(&tmp_base)?;
     private.keep = keep;
+    let _private_lock = hardening::claim_private_dir(&tmp_base, &private.path, keep);
     let mounts =
         mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
 
@@ -202,6 +205,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         config::check_kernel_path(p)?;
     }
     let _disk_lock = run::lock_disk(&disk, disk_size)?;
+    hardening::check_disk_not_held(&disk, &_disk_lock)?;
 
     // The hostfs root: share/ with the request, v/<n> -> each volume.
     let share = hostfs_root.join(usmol_channel::SHARE_SUBDIR);
