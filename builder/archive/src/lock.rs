@@ -88,7 +88,14 @@ pub fn lock_with(
     let mut releases = Vec::new();
     let mut downloads = Vec::new();
     for suite in &dist.suites {
-        let (release, locked) = fetch_release(suite, mirror, cache, previous, trust)?;
+        let (release, locked) = fetch_release(
+            suite,
+            mirror,
+            cache,
+            previous,
+            dist.check_valid_until,
+            trust,
+        )?;
         downloads.extend(index_downloads(
             suite,
             &release,
@@ -135,12 +142,20 @@ fn fetch_release(
     mirror: &Mirror,
     cache: &Cache,
     previous: Option<&Lock>,
+    check_valid_until: bool,
     trust: &Trust,
 ) -> Result<(Release, LockedRelease)> {
     let previous_date = previous
         .and_then(|l| l.releases.iter().find(|r| r.suite == suite))
         .map(|r| r.date.as_str());
-    fetch_inrelease(suite, mirror, cache, previous_date, trust)
+    fetch_inrelease(
+        suite,
+        mirror,
+        cache,
+        previous_date,
+        check_valid_until,
+        trust,
+    )
 }
 
 /// Fetches and verifies one suite's InRelease; `previous_date` is the
@@ -150,6 +165,7 @@ pub(crate) fn fetch_inrelease(
     mirror: &Mirror,
     cache: &Cache,
     previous_date: Option<&str>,
+    check_valid_until: bool,
     trust: &Trust,
 ) -> Result<(Release, LockedRelease)> {
     let url = mirror.join(&format!("dists/{suite}/InRelease"));
@@ -158,6 +174,7 @@ pub(crate) fn fetch_inrelease(
         suite,
         now: trust.now,
         not_older_than: previous_date,
+        check_valid_until,
     };
     let release = verify_inrelease(&url, &bytes, &trust.keyring, &check)?;
     let locked = LockedRelease {

@@ -342,6 +342,9 @@ pub struct ReleaseCheck<'a> {
     pub now: DateTime<Utc>,
     /// `Date` recorded by the previous lock: an older Release is a rollback.
     pub not_older_than: Option<&'a str>,
+    /// Whether a Release past its `Valid-Until` is refused (recipe
+    /// `distribution.check_valid_until`).
+    pub check_valid_until: bool,
 }
 
 /// Verifies an InRelease and parses it: signature, suite, freshness
@@ -364,9 +367,13 @@ pub fn verify_inrelease(
             check.suite, release.suite, release.codename
         )));
     }
-    if let Some(until) = release.valid_until.filter(|until| *until < check.now) {
+    if let Some(until) = release
+        .valid_until
+        .filter(|until| check.check_valid_until && *until < check.now)
+    {
         return Err(err(format!(
-            "expired: Valid-Until {} is before now ({}); the mirror is stale or replaying an old Release",
+            "expired: Valid-Until {} is before now ({}); the mirror is stale or replaying an old Release \
+             (a recipe for a snapshot mirror may set distribution.check_valid_until = false)",
             until.to_rfc2822(),
             check.now.to_rfc2822()
         )));

@@ -126,7 +126,8 @@ pub fn lock_source(
     let previous_date = previous
         .filter(|l| &l.release.suite == suite)
         .map(|l| l.release.date.as_str());
-    let (release, locked_release) = fetch_inrelease(suite, mirror, cache, previous_date, trust)?;
+    let (release, locked_release) =
+        fetch_inrelease(suite, mirror, cache, previous_date, true, trust)?;
     let index = format!("{}/source/Sources.xz", recipe.distribution.component);
     let Some((size, sha256)) = release.sha256.get(&index) else {
         return Err(Error::Release {

@@ -487,6 +487,26 @@ fn expired_valid_until_is_refused() {
     fx.lock(None).unwrap();
 }
 
+#[test]
+fn expired_valid_until_is_accepted_only_when_the_recipe_says_so() {
+    let mut fx = Fixture::new("snapshot", "include = [\"tini\"]");
+    let index = String::from_utf8(liblzma_decode(&fx)).unwrap();
+    fx.publish(&index, DATE, Some("Sat, 21 Nov 2026 12:00:00 UTC"));
+    std::fs::write(
+        &fx.recipe_path,
+        "[distribution]\nsuites = [\"trixie\"]\ncheck_valid_until = false\n\n\
+         [packages]\ninclude = [\"tini\"]\n",
+    )
+    .unwrap();
+    fx.recipe = Recipe::load(&fx.recipe_path).unwrap();
+    let lock = fx.lock(None).unwrap();
+    assert!(lock.packages.iter().any(|p| p.name == "tini"));
+    // The signature still counts.
+    fx.trust.keyring = keyring_of(&make_key());
+    let msg = fx.lock(None).unwrap_err().to_string();
+    assert!(msg.contains("signed by unknown key"), "{msg}");
+}
+
 fn liblzma_decode(fx: &Fixture) -> Vec<u8> {
     let s = fx.server.state.lock().unwrap();
     let (_, xz) = s.files.iter().find(|(k, _)| k.contains("by-hash")).unwrap();

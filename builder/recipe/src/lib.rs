@@ -64,6 +64,16 @@ pub struct Distribution {
     /// Package name -> suite it must come from (e.g. a backport).
     #[serde(default)]
     pub pin: std::collections::BTreeMap<String, String>,
+    /// Refuse a Release past its `Valid-Until` (the default). `false`, like
+    /// apt's `Check-Valid-Until=no`, accepts one from a snapshot mirror; the
+    /// signature and rollback checks still apply. Meant for tool trees the
+    /// tests use, not for the shipped image.
+    #[serde(default = "yes")]
+    pub check_valid_until: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_components() -> Vec<String> {
