@@ -20,6 +20,8 @@
 //! `usmol-oci`, whose registry client (TLS stack, async runtime) would make
 //! every `cargo xtask` invocation compile some 170 more crates.
 
+mod net;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -131,6 +133,7 @@ struct Report {
     sizes: Result<Sizes>,
     memory: Result<Vec<Memory>>,
     build: Option<Result<Vec<f64>>>,
+    network: Result<net::Net>,
 }
 
 impl Bench<'_> {
@@ -159,6 +162,7 @@ impl Bench<'_> {
         let micro = self.micro();
         let sizes = noted("artifact sizes", Sizes::measure(self.out));
         let memory = after(&seeded, "memory", || self.memory(&disk));
+        let network = noted("network", self.network());
         let build = bench_build.then(|| noted("warm build", self.build()));
         Ok(Report {
             machine,
@@ -171,6 +175,7 @@ impl Bench<'_> {
             sizes,
             memory,
             build,
+            network,
         })
     }
 
@@ -1276,6 +1281,12 @@ impl Report {
         self.render_sizes(&mut md);
         self.render_memory(&mut md);
         self.render_build(&mut md);
+        match &self.network {
+            Ok(n) => n.render(&mut md),
+            Err(e) => {
+                let _ = writeln!(md, "\n### Network\n\nnot measured: {e:#}");
+            }
+        }
         md
     }
 
@@ -1326,6 +1337,11 @@ impl Report {
             "warm no-change build-image",
             format!("≤ {GOAL_BUILD_S} s"),
             build,
+        );
+        row(
+            "guest bulk TCP to the outer loopback (passt)",
+            format!("≥ {} MB/s", net::GOAL_BULK_MB_S),
+            self.network.as_ref().ok().map(net::Net::bulk_goal),
         );
     }
 

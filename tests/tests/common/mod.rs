@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod engine;
+
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
