@@ -2,7 +2,9 @@
 //!
 //! Every bind mount or volume appears in the guest at the same path via
 //! hostfs. The container's own root, the kernel pseudo-filesystems, /proc,
-//! /sys, /dev and the files docker injects (/etc/hosts, ...) are skipped.
+//! /sys, /dev and the files docker injects (/etc/hosts, ...) are skipped,
+//! and so is any other mount of a single file (apptainer binds
+//! /etc/localtime): hostfs mounts directories only.
 
 /// One line of /proc/self/mountinfo, the fields we use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,7 @@ pub fn volumes(entries: &[MountEntry], own: &[&str]) -> Vec<MountEntry> {
             || SKIP_UNDER.iter().any(|d| is_under(&e.mount_point, d))
             || own.iter().any(|d| is_under(&e.mount_point, d))
             || !e.mount_point.starts_with('/')
+            || is_file_mount(&e.mount_point)
         {
             continue;
         }
@@ -110,6 +113,12 @@ pub fn volumes(entries: &[MountEntry], own: &[&str]) -> Vec<MountEntry> {
         out.push(e.clone());
     }
     out
+}
+
+/// A mount point that exists and is not a directory: a bind-mounted file,
+/// which a hostfs mount (always a directory) cannot carry into the guest.
+fn is_file_mount(mount_point: &str) -> bool {
+    std::fs::metadata(mount_point).is_ok_and(|m| !m.is_dir())
 }
 
 /// Whether `path` is itself a mount point.
@@ -182,6 +191,20 @@ mod tests {
         let v = volumes(&parse(DOCKER), &["/tmp"]);
         assert!(!v.iter().any(|e| e.mount_point == "/tmp"));
         assert!(is_under("/tmp/x", "/tmp") && !is_under("/tmpx", "/tmp"));
+    }
+
+    #[test]
+    fn single_file_mounts_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("usmol-mountinfo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("localtime"), b"TZif").unwrap();
+        let d = dir.to_str().unwrap();
+        let text =
+            format!("1 0 0:1 / {d}/localtime ro - ext4 x rw\n2 0 0:1 / {d}/sub rw - ext4 x rw\n");
+        let v = volumes(&parse(&text), &[]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let points: Vec<&str> = v.iter().map(|e| e.mount_point.as_str()).collect();
+        assert_eq!(points, vec![format!("{d}/sub")]);
     }
 
     #[test]
