@@ -9,6 +9,11 @@
 //!   close-on-exec: without that, whatever the caller left open (a secret
 //!   file, a socket, the write end of a pipe it waits on) would live on in
 //!   the UML process for the whole run.
+//! - The kernel gets SIGKILL when the launcher dies (`PR_SET_PDEATHSIG`):
+//!   an orphaned kernel cannot report to anyone, died of SIGPIPE at its next
+//!   console line at best and was seen spinning on a CPU for minutes at
+//!   worst. Its disks are ext4 with a journal, so this is a power cut they
+//!   are made for (tests/tests/faults.rs kills the launcher 20 times).
 //! - Each private directory holds a `lock` file whose `flock` the UML
 //!   process inherits, so it stays locked while that kernel runs, even if
 //!   the launcher itself was killed with SIGKILL. The next launcher removes
@@ -52,6 +57,22 @@ pub fn harden() {
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
     }
+}
+
+/// Run in the kernel's process between fork and exec: SIGKILL it when the
+/// launcher (`launcher`, its parent) dies; fails if the launcher is already
+/// gone. Only async-signal-safe calls, no allocation.
+pub fn die_with_launcher(launcher: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid with integer arguments only.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != launcher {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 /// Removes stale sibling private directories of `private` in `base`, then

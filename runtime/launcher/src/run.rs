@@ -154,9 +154,11 @@ pub fn spawn_kernel(
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
-    // SAFETY: dup2 and sigprocmask are async-signal-safe.
+    let launcher = std::process::id() as libc::pid_t;
+    // SAFETY: dup2, sigprocmask, prctl and getppid are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            crate::hardening::die_with_launcher(launcher)?;
             for (from, to) in &raw {
                 if libc::dup2(*from, *to) < 0 {
                     return Err(std::io::Error::last_os_error());
