@@ -317,3 +317,63 @@ fn setuid_bits_are_dropped_and_readonly_dirs_still_filled() {
     assert_eq!(d & 0o7777, 0o555);
     std::fs::set_permissions(s.root.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn repeated_and_misplaced_whiteouts_are_harmless() {
+    let s = sandbox();
+    let mut a = Applier::new(&s.root);
+    let mut t = Vec::new();
+    entry(&mut t, "a/", D, "", b"");
+    entry(&mut t, "a/x", F, "", b"1");
+    entry(&mut t, "f", F, "", b"1");
+    a.apply(&finish(t)[..]).unwrap();
+    let mut t = Vec::new();
+    // Twice the same whiteout, twice the opaque marker, a whiteout below a
+    // regular file, a whiteout of something that never existed.
+    entry(&mut t, "a/.wh.x", F, "", b"");
+    entry(&mut t, "a/.wh.x", F, "", b"");
+    entry(&mut t, "a/.wh..wh..opq", F, "", b"");
+    entry(&mut t, "a/.wh..wh..opq", F, "", b"");
+    entry(&mut t, ".wh.never", F, "", b"");
+    a.apply(&finish(t)[..]).unwrap();
+    let mut t = Vec::new();
+    entry(&mut t, "f/.wh.x", F, "", b"");
+    let err = a.apply(&finish(t)[..]).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    a.finish().unwrap();
+    assert_eq!(std::fs::read_dir(s.root.join("a")).unwrap().count(), 0);
+    assert_eq!(std::fs::read(s.root.join("f")).unwrap(), b"1");
+    assert_outside_untouched(&s);
+}
+
+#[test]
+fn duplicate_entries_replace_without_following() {
+    let s = sandbox();
+    let mut t = Vec::new();
+    entry(&mut t, "x", F, "", b"one");
+    entry(&mut t, "x/", D, "", b"");
+    entry(&mut t, "x/in", F, "", b"in");
+    entry(&mut t, "x", F, "", b"two");
+    entry(&mut t, "y", S, s.outside.to_str().unwrap(), b"");
+    entry(&mut t, "y/", D, "", b"");
+    apply_layer(&s.root, &finish(t)[..]).unwrap();
+    assert_eq!(std::fs::read(s.root.join("x")).unwrap(), b"two");
+    assert!(
+        std::fs::symlink_metadata(s.root.join("y"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_outside_untouched(&s);
+}
+
+#[test]
+fn block_devices_and_fifos_are_refused() {
+    for kind in [tar::EntryType::Block, tar::EntryType::Fifo] {
+        let s = sandbox();
+        let mut t = Vec::new();
+        entry(&mut t, "dev/x", kind, "", b"");
+        let err = apply_layer(&s.root, &finish(t)[..]).unwrap_err();
+        assert!(err.to_string().contains("device"), "{kind:?}: {err}");
+        assert!(!s.root.join("dev/x").exists());
+    }
+}

@@ -1112,3 +1112,42 @@ fn same_input_gives_byte_identical_output_under_other_dirs_umask_and_order() {
     assert!(bytes(&first.out.manifest) == bytes(&second.out.manifest));
     assert_ne!(first.out.tarball, second.out.tarball);
 }
+
+#[test]
+fn absolute_hardlink_targets_resolve_inside_and_whiteout_names_are_plain_files() {
+    let d = tmp();
+    // The absolute target names the root's own /etc/passwd-like file, never
+    // the host's; a `.wh.` name means nothing to dpkg and is kept as is.
+    let p = deb(
+        d.path(),
+        "abs",
+        &[
+            E::File("./etc/shadowish", b"inside"),
+            E::Hardlink("./etc/h", "/etc/shadowish"),
+            E::File("./etc/.wh.shadowish", b""),
+            E::File("./etc/.wh..wh..opq", b""),
+        ],
+        None,
+        Compression::None,
+    );
+    let t = tar_map(&build(&[p], &Rootfs::default()));
+    let file = |k: &str| t[k].kind;
+    assert_eq!(
+        t["etc/h"].content.len() + t["etc/shadowish"].content.len(),
+        6
+    );
+    assert!(file("etc/h") == 'h' || file("etc/shadowish") == 'h');
+    assert_eq!(file("etc/.wh.shadowish"), 'f');
+    assert_eq!(file("etc/.wh..wh..opq"), 'f');
+    let missing = deb(
+        d.path(),
+        "abs2",
+        &[E::Hardlink("./x", "/etc/passwd")],
+        None,
+        Compression::None,
+    );
+    refused(
+        build_with(&[missing], &Rootfs::default(), false),
+        "hardlink target",
+    );
+}
