@@ -511,3 +511,36 @@ fn the_kernel_holds_only_what_it_needs() {
     drop(leak);
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
+
+#[test]
+fn garbage_knobs_are_refused_by_name_before_anything_starts() {
+    if !slow_tests_enabled("garbage_knobs_are_refused_by_name_before_anything_starts") {
+        return;
+    }
+    let env = Env::new();
+    for (var, value) in [
+        ("USMOL_MEMORY", "lots"),
+        ("USMOL_MEMORY", "-5G"),
+        ("USMOL_CPUS", "many"),
+        ("USMOL_DOCKER", "maybe"),
+        ("USMOL_DEBUG", "2"),
+        ("USMOL_SECCOMP", "sometimes"),
+        ("USMOL_DOCKERD_TIMEOUT", "soon"),
+        ("USMOL_DISK_SIZE", "huge"),
+        ("USMOL_DOCKERD_ARGS", "--unterminated 'quote"),
+    ] {
+        let out = run_to_end(
+            env.command(&["true"]).env(var, value),
+            b"",
+            Duration::from_secs(30),
+        );
+        out.expect_code(125);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(var),
+            "{var}={value}: the message does not name it\n{out}"
+        );
+        assert!(err.contains("fix:"), "{var}={value}: no fix given\n{out}");
+    }
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
