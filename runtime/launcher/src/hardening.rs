@@ -22,11 +22,14 @@
 //!   up in the temp directory.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 
 /// The lock file inside a private directory (see the module doc).
 pub const LOCK_FILE: &str = "lock";
+
+/// Lowest fd number for the lock the kernel inherits.
+const INHERITED_LOCK_FD: i32 = 100;
 
 /// Sets no_new_privs and marks every inherited fd above 2 close-on-exec.
 /// Call first, before the launcher opens anything of its own.
@@ -93,10 +96,18 @@ pub fn claim_private_dir(base: &Path, private: &Path, keep: bool) -> Option<File
         return None;
     }
     std::fs::rename(&tmp, private.join(LOCK_FILE)).ok()?;
-    // Inherited by the kernel: the lock outlives a killed launcher.
-    // SAFETY: F_SETFD on an fd we own.
-    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) };
-    Some(f)
+    // Inherited by the kernel, so the lock outlives a killed launcher: a
+    // duplicate without close-on-exec, numbered high so the kernel's fd
+    // wiring (0-7) cannot overwrite it. It shares the flock.
+    // SAFETY: F_DUPFD on an fd we own; the result is a fresh fd we own.
+    let high = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, INHERITED_LOCK_FD) };
+    if high < 0 {
+        return None;
+    }
+    // SAFETY: `high` is a fresh fd nothing else owns.
+    Some(File::from(unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(high)
+    }))
 }
 
 /// Refuses a docker disk that a UML kernel still holds (its ubd driver
@@ -190,6 +201,7 @@ mod tests {
         let live = mk("usmol-live");
         let live_lock = claim_private_dir(&base.path, &live, false).unwrap();
         assert_eq!(fd_flags(live_lock.as_raw_fd()) & libc::FD_CLOEXEC, 0);
+        assert!(live_lock.as_raw_fd() >= INHERITED_LOCK_FD);
         let stale = mk("usmol-stale");
         drop(claim_private_dir(&base.path, &stale, false).unwrap());
         let kept = mk("usmol-kept");
