@@ -4,7 +4,9 @@
 //! the source package (`.dsc`, `.orig.tar.*`, `.debian.tar.*`) by sha256
 //! and size (`Checksums-Sha256`). The `.dsc` carries the uploader's own
 //! signature, which is not checked: the archive's signature over the
-//! index is the chain relied upon, as for `.deb`s.
+//! index is the chain relied upon, as for `.deb`s. The lock records the
+//! `.dsc` too, but only the tarballs are downloaded: they are all a build
+//! reads, and the `.dsc` repeats what `Sources` already says.
 //!
 //! [`lock_source`] resolves a [`SourceRecipe`] into a [`SourceLock`];
 //! [`fetch_source`] downloads exactly what a lock pins.
@@ -175,11 +177,18 @@ pub struct FetchedSourceFile {
     pub path: PathBuf,
 }
 
-/// The downloads a source lock pins.
+/// Whether a file of a source package is read by a build (the tarballs).
+pub fn is_build_input(name: &str) -> bool {
+    name.contains(".tar.")
+}
+
+fn build_inputs(lock: &SourceLock) -> impl Iterator<Item = &LockedSourceFile> {
+    lock.source.files.iter().filter(|f| is_build_input(&f.name))
+}
+
+/// The downloads a source lock pins for a build (the tarballs).
 pub fn source_downloads(lock: &SourceLock, mirror: &Mirror) -> Vec<Download> {
-    lock.source
-        .files
-        .iter()
+    build_inputs(lock)
         .map(|f| Download {
             url: mirror.join(&format!("{}/{}", lock.source.directory, f.name)),
             sha256: f.sha256.clone(),
@@ -188,7 +197,7 @@ pub fn source_downloads(lock: &SourceLock, mirror: &Mirror) -> Vec<Download> {
         .collect()
 }
 
-/// Downloads every file the lock pins (or finds it in the cache), each
+/// Downloads every tarball the lock pins (or finds it in the cache), each
 /// checked against the lock's sha256 and size.
 pub fn fetch_source(
     lock: &SourceLock,
@@ -196,21 +205,18 @@ pub fn fetch_source(
     cache: &Cache,
 ) -> Result<Vec<FetchedSourceFile>> {
     let paths = cache.fetch_all(&source_downloads(lock, mirror))?;
-    Ok(lock
-        .source
-        .files
-        .iter()
+    Ok(build_inputs(lock)
         .cloned()
         .zip(paths)
         .map(|(file, path)| FetchedSourceFile { file, path })
         .collect())
 }
 
-/// The cached files of the lock, without any network: `None` when one is
-/// missing (or corrupt, and then dropped from the cache).
+/// The cached tarballs of the lock, without any network: `None` when one
+/// is missing (or corrupt, and then dropped from the cache).
 pub fn cached_source(lock: &SourceLock, cache: &Cache) -> Result<Option<Vec<FetchedSourceFile>>> {
     let mut out = Vec::new();
-    for file in &lock.source.files {
+    for file in build_inputs(lock) {
         match cache.lookup(&file.sha256, file.size)? {
             Some(path) => out.push(FetchedSourceFile {
                 file: file.clone(),
@@ -331,11 +337,20 @@ Package: passt\nVersion: 2-1\nDirectory: pool/main/p/passt\nChecksums-Sha256:\n 
                 package: "passt".into(),
                 version: "1-1".into(),
                 directory: "pool/main/p/passt".into(),
-                files: vec![LockedSourceFile {
-                    name: "passt_1-1.dsc".into(),
-                    sha256: SHA_DSC.into(),
-                    size: 11,
-                }],
+                files: vec![
+                    LockedSourceFile {
+                        name: "passt_1-1.debian.tar.xz".into(),
+                        sha256: SHA_DSC.into(),
+                        size: 11,
+                    },
+                    // Recorded, never downloaded: a second request would
+                    // find no listener.
+                    LockedSourceFile {
+                        name: "passt_1-1.dsc".into(),
+                        sha256: SHA_ORIG.into(),
+                        size: 5,
+                    },
+                ],
             },
         };
         assert_eq!(cached_source(&lock, &cache).unwrap(), None);
@@ -344,7 +359,7 @@ Package: passt\nVersion: 2-1\nDirectory: pool/main/p/passt\nChecksums-Sha256:\n 
         let text = err.to_string();
         assert!(
             text.contains(&format!(
-                "http://{addr}/debian/pool/main/p/passt/passt_1-1.dsc"
+                "http://{addr}/debian/pool/main/p/passt/passt_1-1.debian.tar.xz"
             )) && text.contains("sha256 mismatch")
                 && text.contains(SHA_DSC),
             "{text}"

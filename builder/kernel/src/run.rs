@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::toolchain::Toolchain;
 
 /// Where the tree appears inside a sysroot.
-const SYSROOT_TREE: &str = "/usmol-build";
+pub const SYSROOT_TREE: &str = "/usmol-build";
 
 /// A tool invocation in the source tree.
 pub struct Runner<'a> {
@@ -58,30 +58,7 @@ impl Runner<'_> {
                 c.args(&args[1..]).current_dir(self.tree);
                 c
             }
-            Toolchain::Sysroot(root) => {
-                // unshare(1) gives the mount namespace (and the user
-                // namespace that allows it when not root); the tree is
-                // bound into the sysroot so paths inside are fixed.
-                let mut c = enter_sysroot(root);
-                c.arg("sh")
-                    .arg("-c")
-                    .arg(concat!(
-                        "set -e; tree=$1; root=$2; shift 2; ",
-                        "mkdir -p \"$root/usmol-build\" \"$root/dev\"; ",
-                        "mount --rbind \"$tree\" \"$root/usmol-build\"; ",
-                        // Compilers and make write to /dev/null.
-                        "mount --rbind /dev \"$root/dev\"; ",
-                        "exec chroot \"$root\" /bin/sh -c 'cd /usmol-build && exec \"$@\"' sh \"$@\""
-                    ))
-                    .arg("sh")
-                    .arg(self.tree)
-                    .arg(root)
-                    .args(args)
-                    .current_dir(self.tree)
-                    // chroot lives in sbin on the host.
-                    .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-                c
-            }
+            Toolchain::Sysroot(root) => sysroot_command(root, self.tree, args),
         };
         // Locale and time zone leak into tool output and timestamps.
         cmd.env("LC_ALL", "C").env("TZ", "UTC");
@@ -149,6 +126,37 @@ impl Runner<'_> {
             tail: tail(&self.log, 40),
         })
     }
+}
+
+/// `args` run chrooted into the sysroot `root`, in `tree` bound at the
+/// fixed path [`SYSROOT_TREE`] (so no build path leaks into outputs). The
+/// caller adds the environment.
+pub fn sysroot_command(root: &Path, tree: &Path, args: &[OsString]) -> Command {
+    // unshare(1) gives the mount namespace (and the user namespace that
+    // allows it when not root); the tree is bound into the sysroot so paths
+    // inside are fixed.
+    let mut c = enter_sysroot(root);
+    c.arg("sh")
+        .arg("-c")
+        .arg(concat!(
+            "set -e; tree=$1; root=$2; shift 2; ",
+            "mkdir -p \"$root/usmol-build\" \"$root/dev\"; ",
+            "mount --rbind \"$tree\" \"$root/usmol-build\"; ",
+            // Compilers and make write to /dev/null.
+            "mount --rbind /dev \"$root/dev\"; ",
+            "exec chroot \"$root\" /bin/sh -c 'cd /usmol-build && exec \"$@\"' sh \"$@\""
+        ))
+        .arg("sh")
+        .arg(tree)
+        .arg(root)
+        .args(args)
+        .current_dir(tree)
+        // chroot lives in sbin on the host.
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    c
 }
 
 /// `unshare` with a private mount namespace, plus a user namespace (mapped

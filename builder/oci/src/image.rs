@@ -2,7 +2,8 @@
 //!
 //! Layer plan for the usmol image (rarely changing part first, so that a
 //! rebuild that only touches the launcher re-uses the big layer):
-//!   1. `/tmp` (1777), `/usmol/lib/linux`, `/usmol/lib/rootfs.ext4`
+//!   1. `/tmp` (1777), `/usmol/lib/linux`, `/usmol/lib/rootfs.ext4`,
+//!      `/usmol/lib/passt`, `/usmol/lib/passt.avx2`, `/usmol/lib/passt.copyright`
 //!   2. `/usmol/run`, `/usmol/lib/manifest.json` and anything else in the
 //!      artifact directory.
 //!
@@ -339,23 +340,40 @@ pub fn write_layout(
 /// Builds the usmol image layout at `layout_dir` from the artifact dir
 /// (`run`, `lib/linux`, `lib/rootfs.ext4`, `lib/manifest.json`).
 pub fn build_image(artifact_dir: &Path, meta: &Metadata, layout_dir: &Path) -> Result<BuiltImage> {
-    for required in ["run", "lib/linux", "lib/rootfs.ext4", "lib/manifest.json"] {
+    for required in [
+        "run",
+        "lib/linux",
+        "lib/rootfs.ext4",
+        "lib/manifest.json",
+        "lib/passt",
+        "lib/passt.avx2",
+    ] {
         let p = artifact_dir.join(required);
         if !p.is_file() {
             return Err(Error::Invalid {
                 stage: STAGE,
                 path: p,
-                message: "missing from the artifact directory; build the launcher, kernel and rootfs first".into(),
+                message: "missing from the artifact directory; build the launcher, kernel, passt and rootfs first".into(),
             });
         }
     }
     let mut top = Tree::new();
     top.insert_dir("usmol", artifact_dir)?;
-    let mut base = top.split_off(|p| p == "usmol/lib/linux" || p == "usmol/lib/rootfs.ext4");
+    // The kernel, the disk and passt change rarely; the launcher often.
+    let mut base = top.split_off(|p| {
+        matches!(
+            p,
+            "usmol/lib/linux"
+                | "usmol/lib/rootfs.ext4"
+                | "usmol/lib/passt"
+                | "usmol/lib/passt.avx2"
+                | "usmol/lib/passt.copyright"
+        )
+    });
     base.insert("tmp", Source::Dir, 0o1777)?;
     write_layout(
         &[
-            (base, "usmol: UML kernel and root disk"),
+            (base, "usmol: UML kernel, root disk and passt"),
             (top, "usmol: launcher and manifest"),
         ],
         &meta.image_config(),

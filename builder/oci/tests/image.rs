@@ -31,6 +31,11 @@ fn artifact(dir: &Path, run: &[u8]) -> PathBuf {
     std::fs::set_permissions(a.join("lib/linux"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(a.join("lib/rootfs.ext4"), vec![0u8; 1 << 20]).unwrap();
     std::fs::write(a.join("lib/manifest.json"), b"{}").unwrap();
+    for bin in ["lib/passt", "lib/passt.avx2"] {
+        std::fs::write(a.join(bin), vec![2u8; 10_000]).unwrap();
+        std::fs::set_permissions(a.join(bin), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(a.join("lib/passt.copyright"), b"GPL-2.0-or-later\n").unwrap();
     a
 }
 
@@ -163,6 +168,9 @@ fn layout_is_valid_deterministic_and_layered() {
             ("usmol/".to_owned(), 0o755, 0, EPOCH),
             ("usmol/lib/".to_owned(), 0o755, 0, EPOCH),
             ("usmol/lib/linux".to_owned(), 0o755, 0, EPOCH),
+            ("usmol/lib/passt".to_owned(), 0o755, 0, EPOCH),
+            ("usmol/lib/passt.avx2".to_owned(), 0o755, 0, EPOCH),
+            ("usmol/lib/passt.copyright".to_owned(), 0o644, 0, EPOCH),
             ("usmol/lib/rootfs.ext4".to_owned(), 0o644, 0, EPOCH),
         ]
     );
@@ -254,6 +262,9 @@ fn plain_tarball_is_deterministic() {
             ("usmol/lib/".to_owned(), 0o755),
             ("usmol/lib/linux".to_owned(), 0o755),
             ("usmol/lib/manifest.json".to_owned(), 0o644),
+            ("usmol/lib/passt".to_owned(), 0o755),
+            ("usmol/lib/passt.avx2".to_owned(), 0o755),
+            ("usmol/lib/passt.copyright".to_owned(), 0o644),
             ("usmol/lib/rootfs.ext4".to_owned(), 0o644),
             ("usmol/run".to_owned(), 0o755),
         ]

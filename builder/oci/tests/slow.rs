@@ -93,6 +93,8 @@ fn artifact(dir: &Path, run: &Path) -> PathBuf {
     std::fs::write(a.join("lib/linux"), vec![1u8; 200_000]).unwrap();
     std::fs::write(a.join("lib/rootfs.ext4"), vec![0u8; 2 << 20]).unwrap();
     std::fs::write(a.join("lib/manifest.json"), b"{}").unwrap();
+    std::fs::write(a.join("lib/passt"), vec![2u8; 10_000]).unwrap();
+    std::fs::write(a.join("lib/passt.avx2"), vec![3u8; 10_000]).unwrap();
     a
 }
 

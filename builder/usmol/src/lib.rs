@@ -7,15 +7,18 @@
 //! 2. rootfs: `.deb`s -> deterministic tarball + manifest;
 //! 3. kernel: `linux-source` (or a kernel.org tarball whose signature verified
 //!    first) -> patched, configured, cached `linux`;
-//! 4. image: rootfs + init -> ext4 disk; disk + kernel + launcher -> the
-//!    artifact directory, the OCI layout and archive, the docker archive and
+//! 4. passt: Debian's passt source (pinned by `recipes/passt.lock`, verified
+//!    through `Sources.xz`) + `patches/passt/` -> static `passt` and
+//!    `passt.avx2`, built in the toolchain sysroot and cached;
+//! 5. image: rootfs + init -> ext4 disk; disk + kernel + passt + launcher ->
+//!    the artifact directory, the OCI layout and archive, the docker archive and
 //!    the plain tarball.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use usmol_archive::{Cache, FetchedPackage, Mirror};
-use usmol_recipe::{Lock, Recipe};
+use usmol_archive::{Cache, FetchedPackage, FetchedSourceFile, Mirror};
+use usmol_recipe::{Lock, Recipe, SourceLock, SourceRecipe};
 
 /// Where the mirror comes from when a stage needs one.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +30,11 @@ pub struct MirrorChoice {
 impl MirrorChoice {
     fn resolve(&self, recipe: &Recipe) -> Result<Mirror> {
         usmol_archive::resolve_mirror(self.flag.as_deref(), recipe)
+            .context("fetch: choosing the Debian mirror")
+    }
+
+    fn resolve_for(&self, recipe_mirror: Option<&str>) -> Result<Mirror> {
+        usmol_archive::resolve_mirror_for(self.flag.as_deref(), recipe_mirror)
             .context("fetch: choosing the Debian mirror")
     }
 }
@@ -116,6 +124,129 @@ fn fetch_locked(
     }
     let mirror = mirror.resolve(recipe)?;
     Ok(usmol_archive::fetch(lock, &mirror, cache)?)
+}
+
+/// A source recipe with its lock, and the verified files the lock pins.
+pub struct FetchedSource {
+    pub recipe: SourceRecipe,
+    pub lock: SourceLock,
+    pub files: Vec<FetchedSourceFile>,
+}
+
+/// Stage 1 for a source recipe (`recipes/passt.toml`): its lock (resolved
+/// anew through InRelease and `Sources.xz` only when missing or
+/// `update_lock`), then the `.dsc` and tarballs from the cache or mirror.
+pub fn fetch_source(
+    recipe_path: &Path,
+    mirror: &MirrorChoice,
+    update_lock: bool,
+    cache: &Cache,
+) -> Result<FetchedSource> {
+    let recipe = SourceRecipe::load(recipe_path).context("fetch: reading the source recipe")?;
+    let lock_path = Lock::path_for(recipe_path);
+    let recipe_sha = usmol_archive::recipe_sha256(recipe_path)?;
+    let previous = if lock_path.exists() {
+        Some(SourceLock::load(&lock_path).context("fetch: reading the lock file")?)
+    } else {
+        None
+    };
+    let lock = match previous {
+        Some(lock) if !update_lock => {
+            if lock.recipe_sha256 != recipe_sha {
+                bail!(
+                    "fetch: {} changed since {} was written; refresh the lock with --update-lock",
+                    recipe_path.display(),
+                    lock_path.display()
+                );
+            }
+            lock
+        }
+        previous => {
+            let mirror = mirror.resolve_for(recipe.distribution.mirror.as_deref())?;
+            eprintln!(
+                "usmol: resolving {} against {}",
+                recipe_path.display(),
+                mirror.join("")
+            );
+            let lock = usmol_archive::lock_source(
+                &recipe,
+                recipe_path,
+                &mirror,
+                cache,
+                previous.as_ref(),
+                &usmol_archive::Trust::system()?,
+            )
+            .with_context(|| format!("fetch: resolving {}", recipe_path.display()))?;
+            lock.save(&lock_path)
+                .context("fetch: writing the lock file")?;
+            eprintln!(
+                "usmol: wrote {} ({} {})",
+                lock_path.display(),
+                lock.source.package,
+                lock.source.version
+            );
+            lock
+        }
+    };
+    let files = match usmol_archive::cached_source(&lock, cache)? {
+        Some(files) => files,
+        None => {
+            let mirror = mirror.resolve_for(recipe.distribution.mirror.as_deref())?;
+            usmol_archive::fetch_source(&lock, &mirror, cache).with_context(|| {
+                format!("fetch: downloading the files of {}", lock_path.display())
+            })?
+        }
+    };
+    Ok(FetchedSource {
+        recipe,
+        lock,
+        files,
+    })
+}
+
+/// Stage 4: static `passt` and `passt.avx2` from the source the passt lock
+/// pins, Debian's patches and ours, built in the toolchain sysroot.
+pub fn passt(
+    fetched: &FetchedSource,
+    patches_dir: &Path,
+    sysroot: &Path,
+    cache: &Path,
+) -> Result<usmol_passt::PasstArtifact> {
+    let file = |suffix: &str| -> Result<usmol_passt::SourceFile> {
+        let f = fetched
+            .files
+            .iter()
+            .find(|f| f.file.name.ends_with(suffix))
+            .with_context(|| {
+                format!(
+                    "passt: the lock of {} {} pins no *{suffix}",
+                    fetched.lock.source.package, fetched.lock.source.version
+                )
+            })?;
+        Ok(usmol_passt::SourceFile {
+            path: f.path.clone(),
+            sha256: f.file.sha256.clone(),
+        })
+    };
+    let inputs = usmol_passt::PasstInputs {
+        orig: file(".orig.tar.xz")?,
+        debian: file(".debian.tar.xz")?,
+        version: fetched.lock.source.version.clone(),
+        patches_dir: std::path::absolute(patches_dir)
+            .with_context(|| format!("passt: resolving {}", patches_dir.display()))?,
+        sysroot: sysroot.to_owned(),
+        source_date_epoch: match std::env::var_os("SOURCE_DATE_EPOCH") {
+            Some(_) => Some(source_date_epoch_from_env()?),
+            None => None,
+        },
+    };
+    let artifact = usmol_passt::build(&inputs, cache).with_context(|| {
+        format!(
+            "passt: building {} {}",
+            fetched.lock.source.package, fetched.lock.source.version
+        )
+    })?;
+    Ok(artifact)
 }
 
 /// Stage 2 outputs.
@@ -390,10 +521,11 @@ pub struct ImageOutputs {
     pub tags: Vec<String>,
 }
 
-/// Stage 4: the root disk, the artifact directory and every image format.
+/// Stage 5: the root disk, the artifact directory and every image format.
 pub fn image(
     rootfs: &RootfsOutputs,
     kernel: &usmol_kernel::KernelArtifact,
+    passt: &usmol_passt::PasstArtifact,
     launcher: &Path,
     init: &Path,
     meta: &ImageMeta,
@@ -419,6 +551,7 @@ pub fn image(
         b"image",
         rootfs.key.as_bytes(),
         kernel.cache_key.as_bytes(),
+        passt.cache_key.as_bytes(),
         usmol_kernel::source::sha256_file(launcher)?.as_bytes(),
         usmol_kernel::source::sha256_file(init)?.as_bytes(),
         format!("{:?}", oci_meta).as_bytes(),
@@ -432,6 +565,8 @@ pub fn image(
         &outputs.artifact_dir.join("run"),
         &lib.join("rootfs.ext4"),
         &lib.join("linux"),
+        &lib.join("passt"),
+        &lib.join("passt.avx2"),
     ];
     if stamp::fresh(&stamp_path, &key, &all.map(PathBuf::as_path)) {
         eprintln!("usmol: image: every artifact is up to date");
@@ -453,6 +588,9 @@ pub fn image(
     .context("image: writing the root disk")?;
     copy(&kernel.binary, &lib.join("linux"), 0o755)?;
     copy(&kernel.config, &lib.join("linux.config"), 0o644)?;
+    copy(&passt.passt, &lib.join("passt"), 0o755)?;
+    copy(&passt.passt_avx2, &lib.join("passt.avx2"), 0o755)?;
+    copy(&passt.copyright, &lib.join("passt.copyright"), 0o644)?;
     copy(&rootfs.manifest, &lib.join("manifest.json"), 0o644)?;
     copy(launcher, &artifact_dir.join("run"), 0o755)?;
 

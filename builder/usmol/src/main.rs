@@ -71,6 +71,16 @@ impl KernelArgs {
     }
 }
 
+#[derive(clap::Args)]
+struct PasstArgs {
+    /// The recipe pinning passt's Debian source package.
+    #[arg(long, default_value = "recipes/passt.toml")]
+    passt_recipe: PathBuf,
+    /// Our passt patches, applied after Debian's in name order.
+    #[arg(long, default_value = "patches/passt")]
+    passt_patches: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Resolve a recipe against the archive and write its lock file.
@@ -101,13 +111,28 @@ enum Command {
         #[command(flatten)]
         fetch: FetchArgs,
     },
-    /// Build every artifact: root disk, kernel, OCI image, docker archive,
-    /// plain tarball.
+    /// Build (or find in the cache) static passt and passt.avx2 from
+    /// Debian's source package with our patches.
+    Passt {
+        #[command(flatten)]
+        passt: PasstArgs,
+        /// The recipe of the sysroot passt is compiled in.
+        #[arg(long, default_value = "recipes/toolchain.toml")]
+        toolchain_recipe: PathBuf,
+        #[arg(long, default_value = "out/passt")]
+        out: PathBuf,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Build every artifact: root disk, kernel, passt, OCI image, docker
+    /// archive, plain tarball.
     Image {
         #[arg(long, default_value = "recipes/usmol.toml")]
         recipe: PathBuf,
         #[command(flatten)]
         kernel: KernelArgs,
+        #[command(flatten)]
+        passt: PasstArgs,
         /// The static launcher binary (`cargo xtask runtime` builds it).
         #[arg(long)]
         launcher: PathBuf,
@@ -187,9 +212,37 @@ fn main() -> Result<()> {
                 if artifact.cached { "cached" } else { "built" }
             );
         }
+        Command::Passt {
+            passt,
+            toolchain_recipe,
+            out,
+            fetch,
+        } => {
+            let mirror = MirrorChoice { flag: fetch.mirror };
+            let source =
+                usmol::fetch_source(&passt.passt_recipe, &mirror, fetch.update_lock, &cache)?;
+            let toolchain = usmol::fetch(&toolchain_recipe, &mirror, fetch.update_lock, &cache)?;
+            let sysroot = usmol::toolchain_sysroot(&toolchain, cache.root())?;
+            let artifact = usmol::passt(&source, &passt.passt_patches, &sysroot, &cache_dir)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for (from, name) in [
+                (&artifact.passt, "passt"),
+                (&artifact.passt_avx2, "passt.avx2"),
+                (&artifact.copyright, "passt.copyright"),
+            ] {
+                std::fs::copy(from, out.join(name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+            println!(
+                "passt: {} ({})",
+                out.join("passt").display(),
+                if artifact.cached { "cached" } else { "built" }
+            );
+        }
         Command::Image {
             recipe,
             kernel,
+            passt,
             launcher,
             init,
             out,
@@ -215,13 +268,26 @@ fn main() -> Result<()> {
                 (None, Some(fetched)) => usmol::kernel(fetched, &options, &cache_dir)?,
                 (None, None) => unreachable!("the kernel recipe is fetched without kernel.org"),
             };
+            let passt_source =
+                usmol::fetch_source(&passt.passt_recipe, &mirror, fetch.update_lock, &cache)?;
+            // passt always builds in the sysroot, even when the kernel uses
+            // the host's tools.
+            let sysroot = match &options.toolchain {
+                usmol_kernel::Toolchain::Sysroot(root) => root.clone(),
+                usmol_kernel::Toolchain::Host => {
+                    let toolchain =
+                        usmol::fetch(&kernel.toolchain_recipe, &mirror, fetch.update_lock, &cache)?;
+                    usmol::toolchain_sysroot(&toolchain, cache.root())?
+                }
+            };
+            let passt = usmol::passt(&passt_source, &passt.passt_patches, &sysroot, &cache_dir)?;
             let meta = ImageMeta {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 revision: std::env::var("USMOL_REVISION").unwrap_or_else(|_| "unknown".into()),
                 source: env!("CARGO_PKG_REPOSITORY").to_owned(),
                 epoch,
             };
-            let image = usmol::image(&rootfs, &linux, &launcher, &init, &meta, &out)?;
+            let image = usmol::image(&rootfs, &linux, &passt, &launcher, &init, &meta, &out)?;
             print_summary(&image);
         }
         Command::Push { layout, reference } => {
