@@ -112,7 +112,7 @@ impl Env {
             .filter(|&p| {
                 alive(p)
                     && (kernels.contains(&p)
-                        || stat_field(p, 4).is_some_and(|s| kernels.contains(&s)))
+                        || stat_field(p, 3).is_some_and(|s| kernels.contains(&s)))
             })
             .collect();
         out.sort();
@@ -295,7 +295,7 @@ pub fn children(pid: i32) -> Vec<i32> {
 }
 
 /// Field `n` after the command name of /proc/PID/stat (0 = state, 1 =
-/// ppid, 4 = session).
+/// ppid, 3 = session).
 fn stat_field(pid: i32, n: usize) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
