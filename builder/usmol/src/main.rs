@@ -347,7 +347,18 @@ fn print_summary(image: &usmol::ImageOutputs) {
         d(&image.oci_layout)
     );
     println!(
-        "  OCI archive         {}      apptainer build usmol.sif oci-archive://<it>",
+        "  OCI archive         {}      skopeo copy / podman load",
         d(&image.oci_archive)
     );
+    // Apptainer 1.4 reads a multi-tag layout by digest only.
+    if let Ok((descriptor, _)) =
+        usmol_oci::image::read_layout_manifest(&image.oci_layout, Some("latest"))
+    {
+        let layout = std::path::absolute(&image.oci_layout).unwrap_or(image.oci_layout.clone());
+        println!(
+            "  SIF (apptainer)     apptainer build usmol.sif oci:{}@{}",
+            layout.display(),
+            descriptor.digest
+        );
+    }
 }
