@@ -64,8 +64,15 @@ fn apptainer_tree() -> PathBuf {
     std::fs::create_dir_all(&staging)
         .unwrap_or_else(|e| panic!("create {}: {e}", staging.display()));
     let cache = Cache::new(&cache_dir).with_progress(false);
-    let fetched = usmol::fetch(&recipe, &MirrorChoice::default(), false, &cache)
-        .unwrap_or_else(|e| panic!("fetch the packages of {}: {e:#}", lock.display()));
+    let fetched =
+        usmol::fetch(&recipe, &MirrorChoice::default(), false, &cache).unwrap_or_else(|e| {
+            panic!(
+                "fetch the packages of {}: {e:#}\n(unstable moves on: when the mirror no longer \
+                 has a pinned version, refresh the lock with \
+                 `usmol lock --recipe recipes/apptainer.toml`)",
+                lock.display()
+            )
+        });
     let epoch = usmol::source_date_epoch(&fetched.lock).unwrap();
     let outputs = usmol::rootfs(
         &fetched,
