@@ -78,6 +78,29 @@ pub struct Request {
     pub dockerd_timeout_secs: u64,
     /// Echo init's progress to the kernel log (`USMOL_DEBUG`).
     pub debug: bool,
+    /// Guest networking through passt; `None`: loopback only.
+    pub network: Option<Network>,
+}
+
+/// Guest port of init's docker API relay (reached through passt from the
+/// launcher's side only; every connection must first present the token).
+pub const API_RELAY_PORT: u16 = 43177;
+/// Network interface the passt virtio-net device appears as.
+pub const GUEST_NET_IF: &str = "eth0";
+
+/// The passt network: init configures [`GUEST_NET_IF`] with DHCP (passt
+/// answers it) before dockerd starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// `search` domains of the outer `/etc/resolv.conf` (DHCP from passt
+    /// carries the nameservers).
+    pub search: Vec<String>,
+    /// `options` of the outer `/etc/resolv.conf` (e.g. `ndots:2`).
+    pub options: Vec<String>,
+    /// Hex secret the docker API relay requires as its first line; `None`:
+    /// no relay (`USMOL_DOCKER_SOCKET` unset).
+    pub api_token: Option<String>,
 }
 
 /// How the command's standard streams are connected.
@@ -125,6 +148,8 @@ pub enum Outcome {
 pub struct Timings {
     pub init_start: Option<f64>,
     pub mounts_done: Option<f64>,
+    #[serde(default)]
+    pub network_ready: Option<f64>,
     pub dockerd_ready: Option<f64>,
     pub command_start: Option<f64>,
     pub command_done: Option<f64>,
@@ -301,6 +326,11 @@ mod tests {
             entropy_seed: "00ff".into(),
             dockerd_timeout_secs: 60,
             debug: false,
+            network: Some(Network {
+                search: vec!["corp.example".into()],
+                options: vec!["ndots:2".into()],
+                api_token: Some("ab".repeat(32)),
+            }),
         }
     }
 

@@ -16,6 +16,7 @@
 pub mod disk;
 pub mod docker;
 pub mod mounts;
+pub mod net;
 pub mod stdio;
 pub mod sys;
 
@@ -51,6 +52,10 @@ pub enum InitError {
     Request { path: String, detail: String },
     #[error("{0}")]
     Dockerd(String),
+    #[error("network: {0}; the launcher's passt log says more (USMOL_DEBUG=1), or run with USMOL_NETWORK=none")]
+    Network(#[from] net::NetError),
+    #[error("docker API relay on port {port}: {source}")]
+    ApiRelay { port: u16, source: std::io::Error },
     #[error("console {path}: {source}")]
     Console {
         path: String,
@@ -331,6 +336,25 @@ fn boot(
         log(&format!("bringing up lo failed: {e}"));
     }
     ensure_entropy(&req.entropy_seed);
+    if let Some(network) = &req.network {
+        let lease = net::configure(
+            usmol_channel::GUEST_NET_IF,
+            &network.search,
+            &network.options,
+            "/etc/resolv.conf",
+        )
+        .map_err(|e| setup(e.into()))?;
+        timings.network_ready = Some(uptime());
+        log(&format!("network ready at {:.3}: {lease:?}", uptime()));
+        if let Some(token) = &network.api_token {
+            net::spawn_api_relay(token.clone(), docker::SOCKET).map_err(|source| {
+                setup(InitError::ApiRelay {
+                    port: usmol_channel::API_RELAY_PORT,
+                    source,
+                })
+            })?;
+        }
+    }
     mounts::apply(sys, &mounts::volume_plan(&req.volumes)).map_err(setup)?;
     disk::prepare(DOCKER_DISK, "/var/lib/docker").map_err(setup)?;
     timings.mounts_done = Some(uptime());
@@ -680,6 +704,7 @@ mod tests {
             entropy_seed: String::new(),
             dockerd_timeout_secs: 60,
             debug: false,
+            network: None,
         }
     }
 

@@ -149,6 +149,8 @@ pub struct KernelPlan<'a> {
     pub volume_links: &'a [String],
     /// UML's umid/mconsole directory (default `~/.uml`, which needs $HOME).
     pub uml_dir: &'a Path,
+    /// passt's vhost-user socket: the guest gets a virtio-net device.
+    pub net_socket: Option<&'a Path>,
     pub debug: bool,
 }
 
@@ -190,6 +192,10 @@ pub fn kernel_args(p: &KernelPlan) -> Vec<String> {
             .iter()
             .map(|link| format!("hostfs_volume={link}")),
     );
+    if let Some(sock) = p.net_socket {
+        // Virtio device id 1 is a network card.
+        a.push(format!("virtio_uml.device={}:1", sock.display()));
+    }
     a.extend([
         format!("uml_dir={}", p.uml_dir.display()),
         // Every console line off, then the ones we use.
@@ -285,6 +291,7 @@ mod tests {
             hostfs_root: Path::new("/tmp/u/hostfs"),
             volume_links: &[],
             uml_dir: Path::new("/tmp/u"),
+            net_socket: None,
             debug: false,
         };
         let line = kernel_args(&p).join(" ");
@@ -312,6 +319,15 @@ mod tests {
             line.contains(
                 "hostfs=/tmp/u/hostfs hostfs_volume=v/0 hostfs_volume=v/1 uml_dir=/tmp/u"
             ),
+            "{line}"
+        );
+        let with_net = KernelPlan {
+            net_socket: Some(Path::new("/tmp/u/passt.sock")),
+            ..p
+        };
+        let line = kernel_args(&with_net).join(" ");
+        assert!(
+            line.contains("hostfs=/tmp/u/hostfs virtio_uml.device=/tmp/u/passt.sock:1 uml_dir="),
             "{line}"
         );
     }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub struct Assets {
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
+    /// passt, needed only with the network on (checked where it is used).
+    pub passt: PathBuf,
 }
 
 /// `lib/linux` and `lib/rootfs.ext4` beside the launcher binary
@@ -28,6 +30,7 @@ pub fn assets(lib_override: Option<&str>) -> Result<Assets, LaunchError> {
     let a = Assets {
         kernel: lib.join("linux"),
         rootfs: lib.join("rootfs.ext4"),
+        passt: lib.join("passt"),
     };
     for p in [&a.kernel, &a.rootfs] {
         if !p.is_file() {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod hardening;
 pub mod host;
 pub mod mountinfo;
+pub mod net;
 pub mod run;
 pub mod sizing;
 
@@ -157,7 +158,29 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         })?,
     };
 
+    let network = net::Mode::parse(get("USMOL_NETWORK"))?;
+    let mut publish = net::parse_publish(get("USMOL_PUBLISH").unwrap_or(""))?;
+    let api_socket = get("USMOL_DOCKER_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from);
+    if network == net::Mode::None && (!publish.is_empty() || api_socket.is_some()) {
+        return Err(LaunchError::Config {
+            what: "USMOL_PUBLISH or USMOL_DOCKER_SOCKET with USMOL_NETWORK=none".into(),
+            fix: "both travel through passt: drop USMOL_NETWORK=none".into(),
+        });
+    }
+    if api_socket.is_some() && !docker {
+        return Err(LaunchError::Config {
+            what: "USMOL_DOCKER_SOCKET with USMOL_DOCKER=0".into(),
+            fix: "the socket serves the guest's dockerd: drop USMOL_DOCKER=0".into(),
+        });
+    }
+
     let assets = host::assets(get("USMOL_LIB_DIR"))?;
+    if network == net::Mode::Passt && !assets.passt.is_file() {
+        return Err(LaunchError::Config {
+            what: format!("{} is missing", assets.passt.display()),
+            fix: "use a complete usmol artifact, or run without a network: USMOL_NETWORK=none".into(),
+        });
+    }
     let memory_mib =
         sizing::memory_mib(get("USMOL_MEMORY"), host::memory_limit(), host::mem_total())?;
     let seccomp_ok = seccomp != config::Seccomp::Off && host::seccomp_usable();
@@ -194,6 +217,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         })?,
     };
     let root_cow = private.path.join("root.cow");
+    let net_socket = private.path.join("passt.sock");
     let hostfs_root = private.path.join("hostfs");
     for p in [
         &assets.kernel,
@@ -231,6 +255,31 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     }
 
     let volume_links: Vec<String> = volumes.iter().map(|v| v.share_path.clone()).collect();
+    let api_token = api_socket.as_ref().map(|_| host::random_hex(32));
+    let mut api_port = None;
+    if api_socket.is_some() {
+        let port = net::free_loopback_port().map_err(|e| LaunchError::Config {
+            what: format!("choosing a loopback port for the docker API relay: {e}"),
+            fix: "the outer container needs a loopback interface".into(),
+        })?;
+        publish.push(net::Publish {
+            address: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            outer: port,
+            guest: usmol_channel::API_RELAY_PORT,
+            proto: net::Proto::Tcp,
+        });
+        api_port = Some(port);
+    }
+    let network_request = (network == net::Mode::Passt).then(|| {
+        let (search, options) = net::resolv_search_options(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
+        usmol_channel::Network {
+            search,
+            options,
+            api_token: api_token.clone(),
+        }
+    });
     let tty = host::isatty(0) && host::isatty(1);
     let request = Request {
         version: FORMAT_VERSION,
@@ -254,6 +303,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         entropy_seed: host::random_hex(32),
         dockerd_timeout_secs: dockerd_timeout,
         debug,
+        network: network_request,
     };
     write_file(&share.join(usmol_channel::REQUEST_FILE), &request.to_json())?;
 
@@ -271,6 +321,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         hostfs_root: &hostfs_root,
         volume_links: &volume_links,
         uml_dir: &private.path,
+        net_socket: (network == net::Mode::Passt).then_some(net_socket.as_path()),
         debug,
     };
     let kargs = config::kernel_args(&plan);
@@ -337,6 +388,21 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
         log: log_w.into(),
     };
 
+    let mut passt = match network {
+        net::Mode::Passt => Some(net::Passt::start(
+            &assets.passt,
+            &net_socket,
+            &private.path.join("passt.log"),
+            &publish,
+            debug,
+        )?),
+        net::Mode::None => None,
+    };
+    let _api = match (&api_socket, api_port, api_token) {
+        (Some(path), Some(port), Some(token)) => Some(net::ApiSocket::start(path, port, token)?),
+        _ => None,
+    };
+
     let saved = run::HostStdio::save();
     let sigset = run::block_signals();
     let uml_pid = Arc::new(AtomicI32::new(0));
@@ -363,6 +429,13 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     saved.restore();
     // The log pipe ends with the kernel; collect its last lines.
     let _ = log_thread.join();
+    if let Some(p) = passt.as_mut()
+        && let Some(st) = p.exited()
+        && !st.success()
+    {
+        eprintln!("usmol: passt exited with {st}: {}", p.log_tail(8));
+    }
+    drop(passt);
 
     let status_path = share.join(usmol_channel::STATUS_FILE);
     let status = std::fs::read_to_string(&status_path)
@@ -390,9 +463,10 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
             .map(|s| s.timings.clone())
             .unwrap_or_default();
         eprintln!(
-            "usmol: timings: launcher setup {:.3}s; guest uptime at init {}, mounts {}, dockerd ready {}, command start {}, command done {}, shutdown {}; wall total {:.3}s",
+            "usmol: timings: launcher setup {:.3}s; guest uptime at init {}, network {}, mounts {}, dockerd ready {}, command start {}, command done {}, shutdown {}; wall total {:.3}s",
             t_spawn.as_secs_f64(),
             secs(t.init_start),
+            secs(t.network_ready),
             secs(t.mounts_done),
             secs(t.dockerd_ready),
             secs(t.command_start),
