@@ -8,8 +8,11 @@
 //! usmol cache, keyed by the recipe and its lock, and the tests enter it in
 //! a private mount namespace with `pivot_root` (not `chroot`: the kernel
 //! refuses a user namespace to a chrooted process, and apptainer needs
-//! one). Making that namespace needs root on the host; CI runs as root.
-//! Slow: they run only with USMOL_SLOW_TESTS=1.
+//! one). As root the test switches to uid 1000 after the mounts; as any
+//! other user it makes a user namespace of its own that maps its uid to
+//! 1000, so it runs without root wherever unprivileged user namespaces are
+//! allowed (apptainer needs them anyway). Slow: they run only with
+//! USMOL_SLOW_TESTS=1.
 
 mod common;
 
@@ -112,6 +115,25 @@ struct Host {
     tree: PathBuf,
     scratch: tempfile::TempDir,
     out: PathBuf,
+    /// Running as root: switch to the tester after the mounts. Otherwise
+    /// a user namespace maps the caller to the tester.
+    root: bool,
+}
+
+/// Why unprivileged user namespaces are off here, if they are.
+fn userns_refused() -> Option<String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|v| v.trim().to_owned())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return Some("kernel.apparmor_restrict_unprivileged_userns is 1".into());
+    }
+    None
 }
 
 impl Host {
@@ -120,14 +142,16 @@ impl Host {
         if !usmol_tests::slow_tests_enabled(test) {
             return None;
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        // Apptainer runs unprivileged only in a user namespace: without
+        // them it cannot run at all, as the tester or anyone else.
+        if let Some(why) = userns_refused() {
             eprintln!(
-                "{test}: skipped: NOT RUN: entering the apptainer tree needs root on the host \
-                 (a private mount namespace and pivot_root); CI runs as root"
+                "{test}: skipped: NOT RUN: {why}, so unprivileged apptainer cannot run on this host"
             );
             return None;
         }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         let out = usmol_tests::usmol_out();
         let tree = apptainer_tree();
         let scratch = tempfile::Builder::new()
@@ -140,10 +164,18 @@ impl Host {
             std::fs::create_dir_all(&dir).unwrap();
         }
         set_mode(&tmp, 0o1777);
-        for dir in [tmp.join("work"), home] {
-            std::os::unix::fs::chown(&dir, Some(TESTER), Some(TESTER)).unwrap();
+        // Without root the caller's own files are the tester's already.
+        if root {
+            for dir in [tmp.join("work"), home] {
+                std::os::unix::fs::chown(&dir, Some(TESTER), Some(TESTER)).unwrap();
+            }
         }
-        Some(Host { tree, scratch, out })
+        Some(Host {
+            tree,
+            scratch,
+            out,
+            root,
+        })
     }
 
     /// The host side of the tree's /tmp/work.
@@ -162,7 +194,7 @@ impl Host {
             .env("USER", "tester")
             .env("LANG", "C.UTF-8")
             .envs(env.iter().copied());
-        let enter = Enter::new(&self.tree, self.scratch.path(), &self.out);
+        let enter = Enter::new(&self.tree, self.scratch.path(), &self.out, self.root);
         // SAFETY: the closure makes only async-signal-safe system calls on
         // memory prepared before the fork.
         unsafe {
@@ -213,6 +245,9 @@ struct Enter {
     tree_home: CString,
     out: CString,
     tree_out: CString,
+    /// None as root; else the uid_map and gid_map lines of the caller's
+    /// user namespace.
+    maps: Option<(String, String)>,
 }
 
 fn cstring(path: &Path) -> CString {
@@ -220,7 +255,9 @@ fn cstring(path: &Path) -> CString {
 }
 
 impl Enter {
-    fn new(tree: &Path, scratch: &Path, out: &Path) -> Enter {
+    fn new(tree: &Path, scratch: &Path, out: &Path, root: bool) -> Enter {
+        // SAFETY: getuid and getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Enter {
             tree: cstring(tree),
             proc_: cstring(&tree.join("proc")),
@@ -232,28 +269,49 @@ impl Enter {
             tree_home: cstring(&tree.join("home")),
             out: cstring(out),
             tree_out: cstring(&tree.join("tmp/out")),
+            maps: (!root).then(|| (format!("{TESTER} {uid} 1"), format!("{TESTER} {gid} 1"))),
         }
     }
 
-    /// In the child: a private mount namespace whose root is the tree
-    /// (read-only), with /proc, /sys, /dev, the scratch /tmp and /home,
-    /// then the tester's ids.
+    /// In the child: a private mount namespace whose root is the tree,
+    /// with /proc, /sys, /dev, the scratch /tmp and /home, then the
+    /// tester's ids (as root by setuid, else by a user namespace's map).
     fn run(&self) -> std::io::Result<()> {
         use libc::{MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT};
-        // SAFETY: plain system calls on valid NUL-terminated strings.
-        unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
+        match &self.maps {
+            None => {
+                // SAFETY: a plain system call.
+                check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+            }
+            Some((uid_map, gid_map)) => {
+                // SAFETY: a plain system call.
+                check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) })?;
+                // The capabilities of the new namespace last until exec.
+                write_proc(c"/proc/self/setgroups", b"deny")?;
+                write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
+                write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
+            }
         }
+        let root = self.maps.is_none();
         mount(None, c"/", None, MS_REC | MS_PRIVATE)?;
-        mount(Some(&self.tree), &self.tree, None, MS_BIND)?;
-        mount(Some(c"proc"), &self.proc_, Some(c"proc"), 0)?;
+        mount(Some(&self.tree), &self.tree, None, MS_BIND | MS_REC)?;
+        if root {
+            mount(Some(c"proc"), &self.proc_, Some(c"proc"), 0)?;
+        } else {
+            // A new proc needs a pid namespace of our own; the host's does.
+            mount(Some(c"/proc"), &self.proc_, None, MS_BIND | MS_REC)?;
+        }
         mount(Some(c"/sys"), &self.sys, None, MS_BIND | MS_REC)?;
         mount(Some(c"/dev"), &self.dev, None, MS_BIND | MS_REC)?;
         mount(Some(&self.tmp), &self.tree_tmp, None, MS_BIND)?;
         mount(Some(&self.home), &self.tree_home, None, MS_BIND)?;
         mount(Some(&self.out), &self.tree_out, None, MS_BIND)?;
-        mount(None, &self.tree_out, None, MS_BIND | MS_REMOUNT | MS_RDONLY)?;
-        mount(None, &self.tree, None, MS_BIND | MS_REMOUNT | MS_RDONLY)?;
+        // In a user namespace a remount must repeat the flags the host
+        // mount has locked; the read-only views are for the root case.
+        if root {
+            mount(None, &self.tree_out, None, MS_BIND | MS_REMOUNT | MS_RDONLY)?;
+            mount(None, &self.tree, None, MS_BIND | MS_REMOUNT | MS_RDONLY)?;
+        }
         // SAFETY: plain system calls on valid NUL-terminated strings.
         unsafe {
             check(libc::chdir(self.tree.as_ptr()))?;
@@ -264,12 +322,30 @@ impl Enter {
             )?;
             check(libc::umount2(c".".as_ptr(), MNT_DETACH))?;
             check(libc::chdir(c"/tmp/work".as_ptr()))?;
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setgid(TESTER))?;
-            check(libc::setuid(TESTER))?;
+            if root {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(TESTER))?;
+                check(libc::setuid(TESTER))?;
+            }
         }
         Ok(())
     }
+}
+
+/// Writes `data` to a /proc file with plain system calls (no allocation:
+/// this runs between fork and exec).
+fn write_proc(path: &CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a valid path; `data` outlives the write.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        check(fd)?;
+        let written = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        if written != data.len() as isize {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// mount(2) with optional source and filesystem type, no data.
@@ -356,7 +432,9 @@ fn sif_from_the_oci_layout_runs_under_apptainer_defaults() {
 
     let state = host.work().join("state");
     std::fs::create_dir(&state).unwrap();
-    std::os::unix::fs::chown(&state, Some(TESTER), Some(TESTER)).unwrap();
+    if host.root {
+        std::os::unix::fs::chown(&state, Some(TESTER), Some(TESTER)).unwrap();
+    }
     let bind = "/tmp/work/state:/var/lib/usmol";
     let scratch = tempfile::tempdir().unwrap();
     let hello = std::fs::read(hello_image(scratch.path())).unwrap();
