@@ -55,13 +55,25 @@ pub fn containerd_config() -> String {
     )
 }
 
+/// crun, when the root image has it, is dockerd's default runtime: a C
+/// program starts in a few milliseconds in UML where each of runc's four Go
+/// starts per container (create, init, start, delete) costs 60-90 ms; a
+/// nested `docker run` measured about 0.35 s faster. runc stays available
+/// (`--runtime=runc`).
+pub const CRUN: &str = "/usr/bin/crun";
+
 /// The dockerd command line: defaults first, user arguments last (so they
-/// win where dockerd allows repeating a flag).
-pub fn dockerd_args(user: &[String]) -> Vec<String> {
+/// win where dockerd allows repeating a flag). `crun` is the path of crun
+/// when the image has it.
+pub fn dockerd_args(user: &[String], crun: Option<&str>) -> Vec<String> {
     let mut args = vec![
         format!("--host=unix://{SOCKET}"),
         format!("--containerd={CONTAINERD_SOCKET}"),
     ];
+    if let Some(path) = crun {
+        args.push(format!("--add-runtime=crun={path}"));
+        args.push("--default-runtime=crun".into());
+    }
     args.extend(user.iter().cloned());
     args
 }
@@ -200,7 +212,8 @@ pub fn start(user_args: &[String], env: &[(String, String)]) -> Result<Child, In
     let listening = wait_containerd(&mut containerd, CONTAINERD_TIMEOUT);
     *CONTAINERD.lock().unwrap_or_else(|e| e.into_inner()) = Some(containerd);
     listening?;
-    spawn("dockerd", &dockerd_args(user_args), env, &log)
+    let crun = std::path::Path::new(CRUN).is_file().then_some(CRUN);
+    spawn("dockerd", &dockerd_args(user_args, crun), env, &log)
 }
 
 /// Waits until dockerd answers `/_ping`, fails if it exits or times out;
@@ -279,13 +292,27 @@ mod tests {
 
     #[test]
     fn user_args_come_after_defaults() {
-        let a = dockerd_args(&["--debug".into()]);
+        let a = dockerd_args(&["--debug".into()], None);
         assert_eq!(
             a,
             vec![
                 format!("--host=unix://{SOCKET}"),
                 format!("--containerd={CONTAINERD_SOCKET}"),
                 "--debug".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn crun_becomes_the_default_runtime_when_present() {
+        let a = dockerd_args(&["--default-runtime=runc".into()], Some(CRUN));
+        assert_eq!(
+            a[2..],
+            [
+                format!("--add-runtime=crun={CRUN}"),
+                "--default-runtime=crun".to_string(),
+                // The user's choice comes last and wins.
+                "--default-runtime=runc".to_string(),
             ]
         );
     }
