@@ -110,7 +110,10 @@ pub fn only_default_networks(store: &[u8]) -> bool {
     while let Some(at) = find(rest, KEY) {
         rest = &rest[at + KEY.len()..];
         let end = rest.iter().position(|&b| b == b'"').unwrap_or(rest.len());
-        if !BUILTIN_NETWORKS.iter().any(|n| n.as_bytes() == &rest[..end]) {
+        if !BUILTIN_NETWORKS
+            .iter()
+            .any(|n| n.as_bytes() == &rest[..end])
+        {
             return false;
         }
     }
