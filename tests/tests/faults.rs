@@ -374,8 +374,17 @@ fn a_second_instance_on_the_same_disk_is_refused() {
         fl.l_whence = libc::SEEK_SET as i16;
         fl.l_len = 1;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-        // SAFETY: F_SETLK on an fd we own with a valid flock.
-        let r = unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) };
+        // The killed kernel's own lock goes only when its exit completes,
+        // which can trail the process disappearing from the process list.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let r = loop {
+            // SAFETY: F_SETLK on an fd we own with a valid flock.
+            let r = unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) };
+            if r == 0 || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert_eq!(
             r,
             0,

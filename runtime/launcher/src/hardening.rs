@@ -112,8 +112,30 @@ pub fn claim_private_dir(base: &Path, private: &Path, keep: bool) -> Option<File
 
 /// Refuses a docker disk that a UML kernel still holds (its ubd driver
 /// takes a POSIX write lock on the file): the launcher that started that
-/// kernel may be gone, and with it the launcher's own `flock`.
+/// kernel may be gone, and with it the launcher's own `flock`. A kernel
+/// that is only dying (killed with its launcher a moment ago) lets go
+/// within milliseconds, so the refusal waits a short grace period first.
 pub fn check_disk_not_held(path: &Path, disk: &File) -> Result<(), crate::LaunchError> {
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+    let start = std::time::Instant::now();
+    loop {
+        let holder = disk_lock_holder(disk);
+        let Some(pid) = holder else { return Ok(()) };
+        if start.elapsed() >= GRACE {
+            return Err(crate::LaunchError::Config {
+                what: format!(
+                    "docker disk {} is in use by another usmol instance (a UML kernel, pid {pid}, still holds it)",
+                    path.display(),
+                ),
+                fix: "wait for that kernel to shut down, or give this instance its own state volume / USMOL_DISK".into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The pid holding a POSIX write lock on `disk`, if any.
+fn disk_lock_holder(disk: &File) -> Option<i32> {
     // SAFETY: flock is plain data; F_GETLK fills it in.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as i16;
@@ -122,17 +144,7 @@ pub fn check_disk_not_held(path: &Path, disk: &File) -> Result<(), crate::Launch
     fl.l_len = 0;
     // SAFETY: fcntl F_GETLK on an fd we own with a valid flock.
     let r = unsafe { libc::fcntl(disk.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    if r == 0 && fl.l_type != libc::F_UNLCK as i16 {
-        return Err(crate::LaunchError::Config {
-            what: format!(
-                "docker disk {} is in use by another usmol instance (a UML kernel, pid {}, still holds it)",
-                path.display(),
-                fl.l_pid
-            ),
-            fix: "wait for that kernel to shut down, or give this instance its own state volume / USMOL_DISK".into(),
-        });
-    }
-    Ok(())
+    (r == 0 && fl.l_type != libc::F_UNLCK as i16).then_some(fl.l_pid)
 }
 
 /// Removes `usmol-*` directories in `base` (other than `own`) whose lock
