@@ -64,7 +64,8 @@ fn docker_uses_overlay2_on_the_ext4_disk() {
         return;
     }
     let out = guest(
-        "docker info --format '{{.Driver}} {{.CgroupVersion}}'; stat -f -c %T /var/lib/docker",
+        "docker info --format '{{.Driver}} {{.CgroupVersion}}'; stat -f -c %T /var/lib/docker; \
+         docker info --format '{{.DefaultRuntime}}'",
         true,
     );
     let mut lines = out.lines();
@@ -73,5 +74,10 @@ fn docker_uses_overlay2_on_the_ext4_disk() {
         lines.next(),
         Some("ext2/ext3"),
         "the docker disk is ext4 (stat reports ext2/ext3): {out}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("crun"),
+        "the image ships crun, so it is dockerd's default runtime: {out}"
     );
 }
