@@ -4,7 +4,6 @@
 //! and ours, each with `patch -p1`.
 
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 
@@ -94,58 +93,33 @@ pub fn debian_series(tree: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The `*.patch` files of `dir`, in name order; a missing `dir` means none.
+/// The `*.patch` files of `dir`, in name order; a missing `dir` means none
+/// (the kernel build's rule, shared).
 pub fn patch_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(Error::io("listing patches", dir))? {
-        let path = entry.map_err(Error::io("listing patches", dir))?.path();
-        if path.extension().is_some_and(|e| e == "patch") && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+    usmol_kernel::patches::patch_files(dir).map_err(|e| Error::Source {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
-/// Applies `patches` in order with `patch -p1`; `--forward` refuses an
-/// already applied patch instead of reverting it.
+/// Applies `patches` in order with the kernel build's `patch -p1` runner
+/// (`--forward`: an already applied patch is refused, not reverted).
 pub fn apply(tree: &Path, patches: &[PathBuf]) -> Result<()> {
-    for patch in patches {
-        let out = Command::new("patch")
-            .args([
-                "-p1",
-                "--forward",
-                "--batch",
-                "--no-backup-if-mismatch",
-                "-r",
-                "-",
-                "-i",
-            ])
-            .arg(patch)
-            .current_dir(tree)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error::Patch {
-                patch: patch.clone(),
-                tree: tree.to_path_buf(),
-                output: format!("could not run patch(1): {e}; install the `patch` package"),
-            })?;
-        if !out.status.success() {
-            return Err(Error::Patch {
-                patch: patch.clone(),
-                tree: tree.to_path_buf(),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
-        }
-    }
-    Ok(())
+    usmol_kernel::patches::apply(tree, patches).map_err(|e| match e {
+        usmol_kernel::error::Error::Patch {
+            patch,
+            tree,
+            output,
+        } => Error::Patch {
+            patch,
+            tree,
+            output,
+        },
+        other => Error::Source {
+            path: tree.to_path_buf(),
+            reason: other.to_string(),
+        },
+    })
 }
 
 /// sha256 of a file, lower-case hex, compared with `expected`.
