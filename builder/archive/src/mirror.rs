@@ -87,12 +87,6 @@ pub fn resolve_mirror_from(
     recipe: &Recipe,
     apt_dir: &Path,
 ) -> Result<Mirror> {
-    if let Some(url) = flag {
-        return Mirror::new(url, MirrorOrigin::Flag);
-    }
-    if let Some(url) = env.filter(|v| !v.trim().is_empty()) {
-        return Mirror::new(url, MirrorOrigin::Env);
-    }
     resolve_configured(flag, env, recipe.distribution.mirror.as_deref(), apt_dir)
 }
 

@@ -15,6 +15,7 @@
 //!
 //! A warm call hashes the inputs and finds the entry: no make, no unpack.
 
+pub mod cache_key;
 pub mod config;
 pub mod error;
 pub mod patches;
@@ -26,7 +27,7 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use crate::cache_key::CacheKey;
 
 pub use error::{Error, Result};
 pub use toolchain::Toolchain;
@@ -79,42 +80,25 @@ pub struct KernelArtifact {
 /// bytes), the toolchain identity, the timestamp override and the builder
 /// revision.
 pub fn cache_key(inputs: &KernelInputs) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut field = |name: &str, bytes: &[u8]| {
-        // Length-prefixed so no two input sets hash the same byte stream.
-        for part in [name.as_bytes(), bytes] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-    };
-    field(
-        "builder",
-        format!(
-            "{} {} {}",
-            env!("CARGO_PKG_VERSION"),
-            BUILDER_REVISION,
-            std::env::consts::ARCH
-        )
-        .as_bytes(),
-    );
-    field(
+    let mut key = CacheKey::new(BUILDER_REVISION);
+    key.field(
         "source",
         inputs.source_sha256.trim().to_ascii_lowercase().as_bytes(),
     );
     for path in config::fragment_files(&inputs.fragments_dir)? {
         let bytes = std::fs::read(&path).map_err(Error::io("config fragments", &path))?;
-        field(&format!("fragment {}", file_name(&path)), &bytes);
+        key.field(&format!("fragment {}", file_name(&path)), &bytes);
     }
     for path in patches::patch_files(&inputs.patches_dir)? {
         let bytes = std::fs::read(&path).map_err(Error::io("kernel patches", &path))?;
-        field(&format!("patch {}", file_name(&path)), &bytes);
+        key.field(&format!("patch {}", file_name(&path)), &bytes);
     }
-    field("toolchain", inputs.toolchain.identity().as_bytes());
-    field(
+    key.field("toolchain", inputs.toolchain.identity().as_bytes());
+    key.field(
         "epoch",
         format!("{:?}", inputs.source_date_epoch).as_bytes(),
     );
-    Ok(hex::encode(h.finalize()))
+    Ok(key.finish())
 }
 
 fn file_name(p: &Path) -> String {

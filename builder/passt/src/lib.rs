@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use sha2::{Digest, Sha256};
+use usmol_kernel::cache_key::CacheKey;
 
 pub use error::{Error, Result};
 
@@ -99,45 +99,28 @@ pub fn cache_key(inputs: &PasstInputs) -> Result<String> {
 }
 
 fn cache_key_with(inputs: &PasstInputs, toolchain_identity: &str) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut field = |name: &str, bytes: &[u8]| {
-        // Length-prefixed so no two input sets hash the same byte stream.
-        for part in [name.as_bytes(), bytes] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-    };
-    field(
-        "builder",
-        format!(
-            "{} {} {}",
-            env!("CARGO_PKG_VERSION"),
-            BUILDER_REVISION,
-            std::env::consts::ARCH
-        )
-        .as_bytes(),
-    );
-    field(
+    let mut key = CacheKey::new(BUILDER_REVISION);
+    key.field(
         "orig",
         inputs.orig.sha256.trim().to_ascii_lowercase().as_bytes(),
     );
-    field(
+    key.field(
         "debian",
         inputs.debian.sha256.trim().to_ascii_lowercase().as_bytes(),
     );
-    field("version", inputs.version.as_bytes());
+    key.field("version", inputs.version.as_bytes());
     for path in source::patch_files(&inputs.patches_dir)? {
         let bytes = std::fs::read(&path).map_err(Error::io("reading patches", &path))?;
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        field(&format!("patch {name}"), &bytes);
+        key.field(&format!("patch {name}"), &bytes);
     }
-    field("script", BUILD_SCRIPT.as_bytes());
-    field("toolchain", toolchain_identity.as_bytes());
-    field(
+    key.field("script", BUILD_SCRIPT.as_bytes());
+    key.field("toolchain", toolchain_identity.as_bytes());
+    key.field(
         "epoch",
         format!("{:?}", inputs.source_date_epoch).as_bytes(),
     );
-    Ok(hex::encode(h.finalize()))
+    Ok(key.finish())
 }
 
 /// Where the entry for `key` lives.

@@ -46,6 +46,46 @@ pub struct Fetched {
     pub packages: Vec<FetchedPackage>,
 }
 
+/// Whether a recipe's lock file can be used as it is.
+enum LockState<L> {
+    /// It exists, matches the recipe, and no update was asked for.
+    Current(L),
+    /// Resolve anew; the previous lock (if any) guides the resolver.
+    Resolve(Option<L>),
+}
+
+/// Loads the lock at `lock_path`; a lock written for another version of the
+/// recipe is an error unless `update_lock` asks to resolve anew.
+fn current_lock<L, E>(
+    recipe_path: &Path,
+    lock_path: &Path,
+    update_lock: bool,
+    load: impl Fn(&Path) -> std::result::Result<L, E>,
+    recipe_sha256: impl Fn(&L) -> &str,
+) -> Result<LockState<L>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let previous = if lock_path.exists() {
+        Some(load(lock_path).context("fetch: reading the lock file")?)
+    } else {
+        None
+    };
+    match previous {
+        Some(lock) if !update_lock => {
+            if recipe_sha256(&lock) != usmol_archive::recipe_sha256(recipe_path)? {
+                bail!(
+                    "fetch: {} changed since {} was written; refresh the lock with --update-lock",
+                    recipe_path.display(),
+                    lock_path.display()
+                );
+            }
+            Ok(LockState::Current(lock))
+        }
+        previous => Ok(LockState::Resolve(previous)),
+    }
+}
+
 /// Stage 1: the lock for `recipe_path` (resolved anew only when it is
 /// missing or `update_lock` is set), then every pinned `.deb` from the cache
 /// or the mirror.
@@ -57,24 +97,11 @@ pub fn fetch(
 ) -> Result<Fetched> {
     let recipe = Recipe::load(recipe_path).context("fetch: reading the recipe")?;
     let lock_path = Lock::path_for(recipe_path);
-    let recipe_sha = usmol_archive::recipe_sha256(recipe_path)?;
-    let previous = if lock_path.exists() {
-        Some(Lock::load(&lock_path).context("fetch: reading the lock file")?)
-    } else {
-        None
-    };
-    let lock = match previous {
-        Some(lock) if !update_lock => {
-            if lock.recipe_sha256 != recipe_sha {
-                bail!(
-                    "fetch: {} changed since {} was written; refresh the lock with --update-lock",
-                    recipe_path.display(),
-                    lock_path.display()
-                );
-            }
-            lock
-        }
-        previous => {
+    let lock = match current_lock(recipe_path, &lock_path, update_lock, Lock::load, |l| {
+        &l.recipe_sha256
+    })? {
+        LockState::Current(lock) => lock,
+        LockState::Resolve(previous) => {
             let mirror = mirror.resolve(&recipe)?;
             eprintln!(
                 "usmol: resolving {} against {}",
@@ -144,24 +171,15 @@ pub fn fetch_source(
 ) -> Result<FetchedSource> {
     let recipe = SourceRecipe::load(recipe_path).context("fetch: reading the source recipe")?;
     let lock_path = Lock::path_for(recipe_path);
-    let recipe_sha = usmol_archive::recipe_sha256(recipe_path)?;
-    let previous = if lock_path.exists() {
-        Some(SourceLock::load(&lock_path).context("fetch: reading the lock file")?)
-    } else {
-        None
-    };
-    let lock = match previous {
-        Some(lock) if !update_lock => {
-            if lock.recipe_sha256 != recipe_sha {
-                bail!(
-                    "fetch: {} changed since {} was written; refresh the lock with --update-lock",
-                    recipe_path.display(),
-                    lock_path.display()
-                );
-            }
-            lock
-        }
-        previous => {
+    let lock = match current_lock(
+        recipe_path,
+        &lock_path,
+        update_lock,
+        SourceLock::load,
+        |l| &l.recipe_sha256,
+    )? {
+        LockState::Current(lock) => lock,
+        LockState::Resolve(previous) => {
             let mirror = mirror.resolve_for(recipe.distribution.mirror.as_deref())?;
             eprintln!(
                 "usmol: resolving {} against {}",
