@@ -101,7 +101,9 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.name]).output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
         let _ = self.child.wait();
     }
 }
@@ -129,7 +131,12 @@ docker run --rm --network host usmol-tool:latest get \"$gw\" {port} /blob > host
 cat /etc/resolv.conf"
     );
     let mount = vol(work.path(), &dir);
-    let out = usmol_on("host", &["-v", &mount, "-w", &dir], &["sh", "-c", &script], None);
+    let out = usmol_on(
+        "host",
+        &["-v", &mount, "-w", &dir],
+        &["sh", "-c", &script],
+        None,
+    );
     out.expect_code(0);
     for name in ["bridge.out", "host.out"] {
         let got = std::fs::read(work.path().join(name)).unwrap();
@@ -167,7 +174,11 @@ while [ ! -e done ]; do sleep 0.2; done";
         &["-v", &mount, "-w", &dir, "-e", &publish],
         &["sh", "-c", script],
     );
-    wait_for(&work.path().join("ready"), Duration::from_secs(300), &mut bg.child);
+    wait_for(
+        &work.path().join("ready"),
+        Duration::from_secs(300),
+        &mut bg.child,
+    );
     // The inner server may need a moment after `docker run -d` returns.
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let start = Instant::now();
@@ -175,7 +186,10 @@ while [ ! -e done ]; do sleep 0.2; done";
         if let Some(b) = http_get(v4, Duration::from_secs(10)) {
             break b;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "nothing answered on {v4}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing answered on {v4}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(String::from_utf8_lossy(&got), page);
@@ -245,11 +259,19 @@ fn the_inner_docker_api_answers_on_a_socket_outside() {
 touch /shared/ready; while [ ! -e /shared/done ]; do sleep 0.2; done",
         ],
     );
-    wait_for(&shared.path().join("ready"), Duration::from_secs(300), &mut bg.child);
+    wait_for(
+        &shared.path().join("ready"),
+        Duration::from_secs(300),
+        &mut bg.child,
+    );
     let host = format!("unix://{}/docker.sock", shared.path().display());
     let out = common::run(
         Command::new("docker")
-            .args(["version", "--format", "{{.Server.Os}}/{{.Server.Arch}} {{.Server.Version}}"])
+            .args([
+                "version",
+                "--format",
+                "{{.Server.Os}}/{{.Server.Arch}} {{.Server.Version}}",
+            ])
             .env("DOCKER_HOST", &host),
         b"",
         Duration::from_secs(60),
@@ -313,7 +335,12 @@ nft list ruleset | grep -c masquerade"
     );
     out.expect_code(0).expect_stdout_contains("(nf_tables)");
     let got = std::fs::read(work.path().join("nft.out")).unwrap();
-    assert!(got == body, "nft.out: {} bytes differ from the {} served\n{out}", got.len(), body.len());
+    assert!(
+        got == body,
+        "nft.out: {} bytes differ from the {} served\n{out}",
+        got.len(),
+        body.len()
+    );
 }
 
 /// A passt that cannot start is a clear launcher error (exit 125 with its
@@ -329,7 +356,11 @@ fn a_failing_passt_is_a_clear_error() {
         std::os::unix::fs::symlink(lib.join(name), fake.path().join(name)).unwrap();
     }
     let passt = fake.path().join("passt");
-    std::fs::write(&passt, "#!/bin/sh\necho 'cannot bind: test failure' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &passt,
+        "#!/bin/sh\necho 'cannot bind: test failure' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&passt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let run = usmol_tests::usmol_out().join("usmol/run");
     let out = common::run(

@@ -52,7 +52,9 @@ pub enum InitError {
     Request { path: String, detail: String },
     #[error("{0}")]
     Dockerd(String),
-    #[error("network: {0}; the launcher's passt log says more (USMOL_DEBUG=1), or run with USMOL_NETWORK=none")]
+    #[error(
+        "network: {0}; the launcher's passt log says more (USMOL_DEBUG=1), or run with USMOL_NETWORK=none"
+    )]
     Network(#[from] net::NetError),
     #[error("docker API relay on port {port}: {source}")]
     ApiRelay { port: u16, source: std::io::Error },

@@ -70,7 +70,12 @@ const OPT_PAD: u8 = 0;
 
 /// A BOOTREQUEST with the broadcast flag set, so the answer reaches a
 /// socket on an interface that has no address yet.
-pub fn encode_request(xid: u32, mac: [u8; 6], kind: u8, offer: Option<(Ipv4Addr, Ipv4Addr)>) -> Vec<u8> {
+pub fn encode_request(
+    xid: u32,
+    mac: [u8; 6],
+    kind: u8,
+    offer: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> Vec<u8> {
     let mut p = vec![0u8; 236];
     p[0] = 1; // BOOTREQUEST
     p[1] = 1; // Ethernet
@@ -86,7 +91,9 @@ pub fn encode_request(xid: u32, mac: [u8; 6], kind: u8, offer: Option<(Ipv4Addr,
         p.extend_from_slice(&[OPT_SERVER_ID, 4]);
         p.extend_from_slice(&server.octets());
     }
-    p.extend_from_slice(&[OPT_PARAMS, 5, OPT_MASK, OPT_ROUTER, OPT_DNS, OPT_DOMAIN, OPT_MTU]);
+    p.extend_from_slice(&[
+        OPT_PARAMS, 5, OPT_MASK, OPT_ROUTER, OPT_DNS, OPT_DOMAIN, OPT_MTU,
+    ]);
     p.push(OPT_END);
     // Some servers ignore BOOTP messages shorter than 300 bytes.
     p.resize(p.len().max(300), 0);
@@ -140,7 +147,11 @@ pub fn decode_reply(xid: u32, p: &[u8]) -> Option<Reply> {
             OPT_ROUTER => lease.router = ipv4(v),
             OPT_DNS => lease.dns = v.chunks_exact(4).filter_map(ipv4).collect(),
             OPT_MTU if len == 2 => lease.mtu = Some(u16::from_be_bytes([v[0], v[1]])),
-            OPT_DOMAIN => lease.domain = std::str::from_utf8(v).ok().map(|s| s.trim_end_matches('\0').to_owned()),
+            OPT_DOMAIN => {
+                lease.domain = std::str::from_utf8(v)
+                    .ok()
+                    .map(|s| s.trim_end_matches('\0').to_owned())
+            }
             OPT_SERVER_ID => server = ipv4(v),
             _ => {}
         }
@@ -237,8 +248,10 @@ fn if_err<'a>(iface: &'a str, what: &'static str) -> impl FnOnce(std::io::Error)
 fn link_up_and_mac(iface: &str) -> Result<[u8; 6], NetError> {
     let s = IoctlSocket::new().map_err(if_err(iface, "socket"))?;
     let mut ifr = IoctlSocket::ifreq(iface);
-    s.ioctl(libc::SIOCGIFFLAGS, &mut ifr)
-        .map_err(if_err(iface, "reading flags (is the virtio-net device there?)"))?;
+    s.ioctl(libc::SIOCGIFFLAGS, &mut ifr).map_err(if_err(
+        iface,
+        "reading flags (is the virtio-net device there?)",
+    ))?;
     // SAFETY: the union member SIOCGIFFLAGS filled.
     unsafe { ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
     s.ioctl(libc::SIOCSIFFLAGS, &mut ifr)
@@ -332,12 +345,21 @@ fn exchange(
         while std::time::Instant::now() < deadline {
             let n = match sock.recv(&mut buf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
                 Err(e) => return Err(if_err(iface, "receiving a DHCP answer")(e)),
             };
             if let Some(r) = decode_reply(xid, &buf[..n]) {
                 if r.kind == NAK {
-                    return Err(NetError::Refused { iface: iface.into() });
+                    return Err(NetError::Refused {
+                        iface: iface.into(),
+                    });
                 }
                 if accept(&r) {
                     return Ok(r);
@@ -371,7 +393,10 @@ pub fn configure(
         "offer",
         |r| r.kind == OFFER,
     )?;
-    let server = offer.server.or(offer.lease.router).unwrap_or(Ipv4Addr::BROADCAST);
+    let server = offer
+        .server
+        .or(offer.lease.router)
+        .unwrap_or(Ipv4Addr::BROADCAST);
     let ack = exchange(
         &sock,
         iface,
@@ -395,7 +420,12 @@ pub fn configure(
 /// Constant-time comparison, so the relay leaks nothing about the token
 /// through timing.
 pub fn token_matches(given: &[u8], token: &[u8]) -> bool {
-    given.len() == token.len() && given.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Reads the first line (at most `max` bytes, without the newline).
@@ -478,7 +508,12 @@ mod tests {
 
     #[test]
     fn request_layout() {
-        let p = encode_request(0x01020304, [1, 2, 3, 4, 5, 6], REQUEST, Some(([192, 0, 2, 2].into(), [192, 0, 2, 1].into())));
+        let p = encode_request(
+            0x01020304,
+            [1, 2, 3, 4, 5, 6],
+            REQUEST,
+            Some(([192, 0, 2, 2].into(), [192, 0, 2, 1].into())),
+        );
         assert_eq!(p.len(), 300);
         assert_eq!(&p[..3], &[1, 1, 6]);
         assert_eq!(&p[4..8], &[1, 2, 3, 4]);
@@ -492,9 +527,44 @@ mod tests {
     #[test]
     fn ack_is_parsed() {
         let opts = [
-            OPT_MASK, 4, 255, 255, 255, 0, OPT_ROUTER, 4, 192, 0, 2, 1, OPT_DNS, 8, 192, 0, 2, 1, 10, 0,
-            0, 53, OPT_MTU, 2, 0xff, 0xf0, OPT_PAD, OPT_SERVER_ID, 4, 192, 0, 2, 1, OPT_DOMAIN, 3, b'l',
-            b'a', b'n',
+            OPT_MASK,
+            4,
+            255,
+            255,
+            255,
+            0,
+            OPT_ROUTER,
+            4,
+            192,
+            0,
+            2,
+            1,
+            OPT_DNS,
+            8,
+            192,
+            0,
+            2,
+            1,
+            10,
+            0,
+            0,
+            53,
+            OPT_MTU,
+            2,
+            0xff,
+            0xf0,
+            OPT_PAD,
+            OPT_SERVER_ID,
+            4,
+            192,
+            0,
+            2,
+            1,
+            OPT_DOMAIN,
+            3,
+            b'l',
+            b'a',
+            b'n',
         ];
         let r = decode_reply(7, &reply(7, ACK, &opts)).unwrap();
         assert_eq!(r.kind, ACK);
@@ -534,7 +604,11 @@ mod tests {
             domain: Some("lan".into()),
         };
         assert_eq!(
-            resolv_conf(&lease, &["a.example".into(), "b.example".into()], &["ndots:2".into()]),
+            resolv_conf(
+                &lease,
+                &["a.example".into(), "b.example".into()],
+                &["ndots:2".into()]
+            ),
             "# written by usmol init from passt's DHCP answer\nnameserver 192.0.2.1\nsearch a.example b.example\noptions ndots:2\n"
         );
         assert!(resolv_conf(&lease, &[], &[]).contains("search lan\n"));

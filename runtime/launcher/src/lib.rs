@@ -160,7 +160,9 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
 
     let network = net::Mode::parse(get("USMOL_NETWORK"))?;
     let mut publish = net::parse_publish(get("USMOL_PUBLISH").unwrap_or(""))?;
-    let api_socket = get("USMOL_DOCKER_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from);
+    let api_socket = get("USMOL_DOCKER_SOCKET")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     if network == net::Mode::None && (!publish.is_empty() || api_socket.is_some()) {
         return Err(LaunchError::Config {
             what: "USMOL_PUBLISH or USMOL_DOCKER_SOCKET with USMOL_NETWORK=none".into(),
@@ -178,7 +180,8 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     if network == net::Mode::Passt && !assets.passt.is_file() {
         return Err(LaunchError::Config {
             what: format!("{} is missing", assets.passt.display()),
-            fix: "use a complete usmol artifact, or run without a network: USMOL_NETWORK=none".into(),
+            fix: "use a complete usmol artifact, or run without a network: USMOL_NETWORK=none"
+                .into(),
         });
     }
     let memory_mib =

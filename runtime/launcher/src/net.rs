@@ -73,7 +73,10 @@ impl Publish {
 fn port(text: &str, item: &str) -> Result<u16, LaunchError> {
     match text.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(publish_error(item, &format!("{text:?} is not a port (1-65535)"))),
+        _ => Err(publish_error(
+            item,
+            &format!("{text:?} is not a port (1-65535)"),
+        )),
     }
 }
 
@@ -166,11 +169,14 @@ impl Passt {
         publish: &[Publish],
         debug: bool,
     ) -> Result<Self, LaunchError> {
-        let fail = |detail: String| LaunchError::Config {
+        let fail = |detail: String| {
+            LaunchError::Config {
             what: format!("starting passt ({}): {detail}", binary.display()),
             fix: "run with USMOL_DEBUG=1 for passt's log, or USMOL_NETWORK=none to run without a network".into(),
+        }
         };
-        let log_file = std::fs::File::create(log).map_err(|e| fail(format!("{}: {e}", log.display())))?;
+        let log_file =
+            std::fs::File::create(log).map_err(|e| fail(format!("{}: {e}", log.display())))?;
         let mut cmd = Command::new(binary);
         cmd.arg("--vhost-user")
             .arg("--socket")
@@ -256,9 +262,11 @@ pub struct ApiSocket {
 
 impl ApiSocket {
     pub fn start(path: &Path, port: u16, token: String) -> Result<Self, LaunchError> {
-        let fail = |detail: String| LaunchError::Config {
+        let fail = |detail: String| {
+            LaunchError::Config {
             what: format!("USMOL_DOCKER_SOCKET={}: {detail}", path.display()),
             fix: "name a path in a writable directory (a volume shared with the outer side), not an existing file".into(),
+        }
         };
         if !path.is_absolute() {
             return Err(fail("not an absolute path".into()));
@@ -269,7 +277,8 @@ impl ApiSocket {
                 if UnixStream::connect(path).is_ok() {
                     return Err(fail("another process is serving it".into()));
                 }
-                std::fs::remove_file(path).map_err(|e| fail(format!("removing the stale socket: {e}")))?;
+                std::fs::remove_file(path)
+                    .map_err(|e| fail(format!("removing the stale socket: {e}")))?;
             }
             Ok(_) => return Err(fail("exists and is not a socket".into())),
             Err(_) => {}
@@ -330,18 +339,30 @@ mod tests {
         assert_eq!(Mode::parse(None).unwrap(), Mode::Passt);
         assert_eq!(Mode::parse(Some("none")).unwrap(), Mode::None);
         let e = Mode::parse(Some("slirp")).unwrap_err().to_string();
-        assert!(e.contains("USMOL_NETWORK=\"slirp\"") && e.contains("passt"), "{e}");
+        assert!(
+            e.contains("USMOL_NETWORK=\"slirp\"") && e.contains("passt"),
+            "{e}"
+        );
     }
 
     #[test]
     fn publish_entries_follow_docker_syntax() {
-        let p = parse_publish("8080, 8443:443 127.0.0.1:9000:90,[::1]:7000:70 5353:53/udp").unwrap();
+        let p =
+            parse_publish("8080, 8443:443 127.0.0.1:9000:90,[::1]:7000:70 5353:53/udp").unwrap();
         let args: Vec<String> = p.iter().flat_map(|p| p.passt_args()).collect();
         assert_eq!(
             args,
             [
-                "-t", "8080:8080", "-t", "8443:443", "-t", "127.0.0.1/9000:90", "-t", "::1/7000:70",
-                "-u", "5353:53"
+                "-t",
+                "8080:8080",
+                "-t",
+                "8443:443",
+                "-t",
+                "127.0.0.1/9000:90",
+                "-t",
+                "::1/7000:70",
+                "-u",
+                "5353:53"
             ]
         );
         assert!(parse_publish("").unwrap().is_empty());
@@ -358,8 +379,13 @@ mod tests {
             ("a:b:c:d", "too many"),
             ("70000", "not a port"),
         ] {
-            let e = parse_publish(&format!("8080,{bad}")).unwrap_err().to_string();
-            assert!(e.contains(&format!("{bad:?}")) && e.contains(why), "{bad}: {e}");
+            let e = parse_publish(&format!("8080,{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains(why),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -122,11 +122,21 @@ impl Bench<'_> {
         for _ in 0..self.runs {
             for (path, count) in [("/bulk", BULK_REQUESTS), ("/small", SMALL_REQUESTS)] {
                 let out = Command::new(&tool)
-                    .args(["fetch", "127.0.0.1", &port.to_string(), path, &count.to_string()])
+                    .args([
+                        "fetch",
+                        "127.0.0.1",
+                        &port.to_string(),
+                        path,
+                        &count.to_string(),
+                    ])
                     .output()
                     .with_context(|| format!("running {}", tool.display()))?;
                 if !out.status.success() {
-                    bail!("{} fetch {path} failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr));
+                    bail!(
+                        "{} fetch {path} failed: {}",
+                        tool.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                 }
                 host_text.push_str(&String::from_utf8_lossy(&out.stdout));
             }
@@ -166,8 +176,16 @@ impl Net {
             BULK_BYTES >> 20
         );
         for (name, h, g) in [
-            ("bulk TCP, MB/s", &self.host.bulk_mb_s, &self.guest.bulk_mb_s),
-            ("HTTP requests/s", &self.host.requests_per_s, &self.guest.requests_per_s),
+            (
+                "bulk TCP, MB/s",
+                &self.host.bulk_mb_s,
+                &self.guest.bulk_mb_s,
+            ),
+            (
+                "HTTP requests/s",
+                &self.host.requests_per_s,
+                &self.guest.requests_per_s,
+            ),
         ] {
             let (hs, gs) = (Stats::of(h), Stats::of(g));
             let _ = writeln!(
@@ -192,7 +210,8 @@ mod tests {
 
     #[test]
     fn fetch_lines_pair_into_figures() {
-        let text = "noise\nrequests 2 bytes 536870912 seconds 0.5\nrequests 500 bytes 1500 seconds 0.25\n";
+        let text =
+            "noise\nrequests 2 bytes 536870912 seconds 0.5\nrequests 500 bytes 1500 seconds 0.25\n";
         let s = side(&fetch_lines(text)).unwrap();
         assert_eq!(s.bulk_mb_s, [536870912.0 / 1e6 / 0.5]);
         assert_eq!(s.requests_per_s, [2000.0]);
