@@ -3,7 +3,7 @@
 //! 65534 and breaks something: the launcher killed mid-write, a full docker
 //! disk, a memory hog, a broken dockerd config, a kernel panic, a second
 //! instance on one disk. Also what the UML process holds on the host side
-//! (fds, no_new_privs, sockets). Slow: USMOL_SLOW_TESTS=1.
+//! (fds, no_new_privs, sockets, CPU affinity). Slow: USMOL_SLOW_TESTS=1.
 
 mod common;
 mod harness;
@@ -521,6 +521,72 @@ fn the_kernel_holds_only_what_it_needs() {
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
 
+/// `Cpus_allowed_list` of every thread of `pid`.
+fn thread_cpu_lists(pid: i32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A one-CPU guest runs on one host CPU: the kernel's threads and every
+/// guest process (they hand the CPU to each other on each syscall), the
+/// launcher's own CPU. `USMOL_PIN=off` leaves them the caller's CPUs.
+#[test]
+fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
+    if !slow_tests_enabled("a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to") {
+        return;
+    }
+    let env = Env::new();
+    let ours = thread_cpu_lists(std::process::id() as i32)
+        .into_iter()
+        .next()
+        .unwrap();
+    let many = ours.contains(',') || ours.contains('-');
+    for pin in ["auto", "off"] {
+        let mut cmd = env.command(&["sh", "-c", "sleep 60 & echo ready; wait"]);
+        cmd.env("USMOL_DOCKER", "0").env("USMOL_PIN", pin);
+        let running = Running::spawn(&mut cmd);
+        let ready = running.wait_line("ready", PLAIN_BOOT);
+        let mut lists: Vec<String> = env
+            .processes()
+            .into_iter()
+            .flat_map(thread_cpu_lists)
+            .collect();
+        let processes = env.processes().len();
+        // SAFETY: kill(2) on our child: SIGTERM shuts the guest down.
+        unsafe { libc::kill(running.pid(), libc::SIGTERM) };
+        let (code, _, out, err) = running.finish(Duration::from_secs(60));
+        assert!(ready, "USMOL_PIN={pin}: no guest\n{out}\n{err}");
+        assert_eq!(code, Some(143), "{out}\n{err}");
+        // The kernel, its helper threads, the guest's sh and sleep at least.
+        assert!(processes >= 3, "USMOL_PIN={pin}: {processes} processes");
+        lists.sort();
+        lists.dedup();
+        match pin {
+            "off" => assert_eq!(lists, [ours.clone()], "USMOL_PIN=off"),
+            _ if many => {
+                assert_eq!(lists.len(), 1, "USMOL_PIN=auto: {lists:?}");
+                assert!(
+                    lists[0].parse::<usize>().is_ok(),
+                    "USMOL_PIN=auto: not one CPU: {lists:?} (ours: {ours})"
+                );
+            }
+            _ => assert_eq!(lists, [ours.clone()], "one allowed CPU, nothing to pin"),
+        }
+    }
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
 #[test]
 fn garbage_knobs_are_refused_by_name_before_anything_starts() {
     if !slow_tests_enabled("garbage_knobs_are_refused_by_name_before_anything_starts") {
@@ -534,6 +600,7 @@ fn garbage_knobs_are_refused_by_name_before_anything_starts() {
         ("USMOL_DOCKER", "maybe"),
         ("USMOL_DEBUG", "2"),
         ("USMOL_SECCOMP", "sometimes"),
+        ("USMOL_PIN", "4096"),
         ("USMOL_DOCKERD_TIMEOUT", "soon"),
         ("USMOL_DISK_SIZE", "huge"),
         ("USMOL_DOCKERD_ARGS", "--unterminated 'quote"),

@@ -80,6 +80,27 @@ pub fn cpu_max() -> Option<u32> {
         .and_then(|t| crate::sizing::parse_cpu_max(&t))
 }
 
+/// The CPUs in this process's affinity mask.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data filled by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// The CPU this thread is running on now.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: no arguments; returns -1 on error.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).ok()
+}
+
 /// CPUs in this process's affinity mask.
 pub fn affinity_cpus() -> u32 {
     // SAFETY: cpu_set_t is plain data filled by the kernel.

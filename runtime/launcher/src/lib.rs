@@ -196,6 +196,12 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     } else {
         None
     };
+    let pin = sizing::pin_cpu(
+        get("USMOL_PIN"),
+        ncpus.unwrap_or(1),
+        &host::allowed_cpus(),
+        host::current_cpu(),
+    )?;
 
     let tmp_base = PathBuf::from(get("USMOL_TMPDIR").or(get("TMPDIR")).unwrap_or("/tmp"));
     let mut private = run::PrivateDir::create(&tmp_base)?;
@@ -330,6 +336,9 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let kargs = config::kernel_args(&plan);
     if debug {
         eprintln!("usmol: {} {}", assets.kernel.display(), kargs.join(" "));
+        if let Some(cpu) = pin {
+            eprintln!("usmol: kernel pinned to host CPU {cpu} (USMOL_PIN=off to let it move)");
+        }
     }
 
     // Guest RAM: an exec tmpfs with room, else let the kernel use a memfd.
@@ -414,7 +423,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let log_file = std::fs::File::create(private.path.join("kernel.log")).ok();
     let (klog, log_thread) = run::spawn_log_reader(log_r, log_file, debug, uml_pid.clone());
     let t_spawn = t0.elapsed();
-    let mut child = run::spawn_kernel(&assets.kernel, &kargs, &kenv, wiring).map_err(|e| {
+    let mut child = run::spawn_kernel(&assets.kernel, &kargs, &kenv, pin, wiring).map_err(|e| {
         LaunchError::Kernel {
             kernel: assets.kernel.display().to_string(),
             detail: e.to_string(),

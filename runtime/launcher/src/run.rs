@@ -132,11 +132,14 @@ pub struct Wiring {
     pub log: OwnedFd,
 }
 
-/// Starts the kernel with its fds in place and an emptied signal mask.
+/// Starts the kernel with its fds in place and an emptied signal mask,
+/// pinned to host CPU `pin` if given (its threads and guest processes
+/// inherit the mask; see [`crate::sizing::pin_cpu`]).
 pub fn spawn_kernel(
     kernel: &Path,
     args: &[String],
     env: &[(String, String)],
+    pin: Option<usize>,
     w: Wiring,
 ) -> std::io::Result<Child> {
     let map: Vec<(OwnedFd, RawFd)> = vec![
@@ -155,7 +158,8 @@ pub fn spawn_kernel(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     let launcher = std::process::id() as libc::pid_t;
-    // SAFETY: dup2, sigprocmask, prctl and getppid are async-signal-safe.
+    // SAFETY: dup2, sigprocmask, prctl, getppid and sched_setaffinity are
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             crate::hardening::die_with_launcher(launcher)?;
@@ -167,6 +171,12 @@ pub fn spawn_kernel(
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if let Some(cpu) = pin {
+                // A hint only: if the CPU was taken away meanwhile, run unpinned.
+                let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut cpus);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus);
+            }
             Ok(())
         });
     }

@@ -1,4 +1,4 @@
-//! Guest RAM and CPU count from the container's limits.
+//! Guest RAM, CPU count and host CPU pinning from the container's limits.
 //!
 //! Inputs are passed as text so the rules are testable; [`crate::host`]
 //! reads the real files.
@@ -111,6 +111,50 @@ pub fn cpus(
     Ok(n.min(MAX_CPUS))
 }
 
+/// The host CPU the kernel and its guest processes are pinned to, if any.
+///
+/// A one-CPU guest hands the host CPU back and forth between the kernel
+/// process and the guest process it runs (every guest syscall and page
+/// fault is a round trip). When the scheduler puts the two on different
+/// host CPUs, each handoff wakes an idle CPU, which on a virtual machine
+/// costs tens of microseconds; on one CPU it is a plain context switch
+/// (measured: 200000 one-byte `dd` syscalls 8.8 s unpinned, 1.6 s pinned).
+/// `auto` pins to `current` (the CPU the scheduler just ran the launcher
+/// on) when the guest has one CPU and more than one is allowed; `off`
+/// never pins; a number pins to that CPU, which must be allowed.
+pub fn pin_cpu(
+    setting: Option<&str>,
+    guest_cpus: u32,
+    allowed: &[usize],
+    current: Option<usize>,
+) -> Result<Option<usize>, LaunchError> {
+    match setting.map(str::trim) {
+        None | Some("") | Some("auto") => {
+            Ok(current.filter(|c| guest_cpus == 1 && allowed.len() > 1 && allowed.contains(c)))
+        }
+        Some("off") => Ok(None),
+        Some(text) => {
+            let bad = || LaunchError::Config {
+                what: format!("USMOL_PIN={text:?}"),
+                fix: format!(
+                    "use auto, off, or one of the CPUs this process may run on: {}",
+                    allowed
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
+            let cpu: usize = text.parse().map_err(|_| bad())?;
+            if allowed.contains(&cpu) {
+                Ok(Some(cpu))
+            } else {
+                Err(bad())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +216,26 @@ mod tests {
         assert_eq!(cpus(Some("99"), 1, None).unwrap(), MAX_CPUS);
         assert_eq!(cpus(Some("3"), 1, Some(1)).unwrap(), 3);
         assert!(cpus(Some("0"), 1, None).is_err());
+    }
+
+    #[test]
+    fn pinning() {
+        let two = [0, 1];
+        assert_eq!(pin_cpu(None, 1, &two, Some(1)).unwrap(), Some(1));
+        assert_eq!(pin_cpu(Some("auto"), 1, &two, Some(0)).unwrap(), Some(0));
+        // An SMP guest spreads over CPUs; one allowed CPU needs no pin.
+        assert_eq!(pin_cpu(None, 2, &two, Some(1)).unwrap(), None);
+        assert_eq!(pin_cpu(None, 1, &[3], Some(3)).unwrap(), None);
+        assert_eq!(pin_cpu(None, 1, &two, None).unwrap(), None);
+        assert_eq!(pin_cpu(Some("off"), 1, &two, Some(1)).unwrap(), None);
+        assert_eq!(pin_cpu(Some("1"), 2, &two, Some(0)).unwrap(), Some(1));
+        let err = pin_cpu(Some("5"), 1, &two, Some(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("USMOL_PIN=\"5\"") && err.contains("0,1"),
+            "{err}"
+        );
+        assert!(pin_cpu(Some("yes"), 1, &two, Some(0)).is_err());
     }
 }
