@@ -82,7 +82,7 @@ pub fn fetch_lines(text: &str) -> Vec<(f64, f64, f64)> {
 
 /// Pairs of (bulk, small) fetch lines into figures.
 fn side(lines: &[(f64, f64, f64)]) -> Result<NetSide> {
-    if lines.is_empty() || lines.len() % 2 != 0 {
+    if lines.is_empty() || !lines.len().is_multiple_of(2) {
         bail!("expected pairs of fetch results, got {} lines", lines.len());
     }
     let mut s = NetSide {
