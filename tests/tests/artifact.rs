@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -218,6 +218,53 @@ fn arguments_and_stdin_arrive_intact() {
         "hi\n",
         "stdin did not pipe through\n{out}"
     );
+}
+
+/// sha256 of `data` by the host's `sha256sum`, in hex.
+fn host_sha256(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sha256sum on the host");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A stdin far larger than the guest tty's buffers arrives byte-exact,
+/// every byte value included, also when the command starts reading only
+/// after a pause: the console line is then throttled and unthrottled many
+/// times on the way in (kernel patch 0004).
+#[test]
+fn a_large_stdin_arrives_byte_exact_through_throttling() {
+    if !usmol_tests::slow_tests_enabled("a_large_stdin_arrives_byte_exact_through_throttling") {
+        return;
+    }
+    let art = Artifact::unpack();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let want = host_sha256(&data);
+    for script in ["sha256sum", "sleep 2; sha256sum"] {
+        let out = art.plain(&["sh", "-c", script], &data);
+        out.expect_code(0);
+        assert_eq!(
+            out.stdout_text().split_whitespace().next(),
+            Some(want.as_str()),
+            "`{script}`: 16 MiB of stdin changed on the way\n{out}"
+        );
+    }
 }
 
 #[test]
