@@ -61,6 +61,8 @@ const ORIGINAL_USMOL_MB: f64 = 412.7;
 /// Iterations of the guest micro-benchmark loops.
 const FORKS: u32 = 1000;
 const DD_BYTES: u32 = 200_000;
+/// Bytes piped through the launcher's stdin and stdout.
+const STREAM_BYTES: u64 = 64 << 20;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -137,6 +139,7 @@ struct Report {
     warm_guest: Result<Vec<f64>>,
     warm_host: Option<Result<Vec<f64>>>,
     micro: Vec<(&'static str, Result<Micro>)>,
+    streams: Result<Streams>,
     sizes: Result<Sizes>,
     memory: Result<Vec<Memory>>,
     build: Option<Result<Vec<f64>>>,
@@ -175,6 +178,7 @@ impl Bench<'_> {
             .engine
             .then(|| noted("warm docker run on the host", self.warm_host(&hello)));
         let micro = self.micro();
+        let streams = noted("streams", self.streams());
         let sizes = noted("artifact sizes", Sizes::measure(self.out));
         let memory = after(&seeded, "memory", || self.memory(&disk));
         let network = noted("network", self.network());
@@ -188,6 +192,7 @@ impl Bench<'_> {
             warm_guest,
             warm_host,
             micro,
+            streams,
             sizes,
             memory,
             build,
@@ -376,6 +381,60 @@ impl Bench<'_> {
             results.push((mode, noted(mode, Micro::measure(cmd, self.runs))));
         }
         results
+    }
+
+    /// Throughput of a pipe into a guest command's stdin and out of its
+    /// stdout, from the wall time of each run less that of `run true`
+    /// right before it.
+    fn streams(&self) -> Result<Streams> {
+        let input = self.scratch.join("stream.bin");
+        std::fs::write(&input, vec![0x5a; STREAM_BYTES as usize])
+            .with_context(|| format!("writing {}", input.display()))?;
+        let count = STREAM_BYTES.to_string();
+        let env = [("USMOL_DOCKER", "0")];
+        let mut streams = Streams {
+            stdin: Vec::new(),
+            stdout: Vec::new(),
+        };
+        for n in 1..=self.runs {
+            let base = timed(self.launcher(&env, &["true"]), None, TIMEOUT)?;
+            base.expect_ok("run true")?;
+            let read = timed(
+                self.launcher(&env, &["sh", "-c", "cat | wc -c"]),
+                Some(&input),
+                TIMEOUT,
+            )?;
+            read.expect_ok("run sh -c 'cat | wc -c'")?;
+            ensure!(
+                read.stdout.trim() == count,
+                "the guest counted {:?} bytes of stdin, not {count}",
+                read.stdout.trim()
+            );
+            let write = timed(
+                self.launcher(&env, &["head", "-c", &count, "/dev/zero"]),
+                None,
+                TIMEOUT,
+            )?;
+            write.expect_ok("run head -c N /dev/zero")?;
+            ensure!(
+                write.stdout.len() as u64 == STREAM_BYTES,
+                "{} bytes came out of stdout, not {count}",
+                write.stdout.len()
+            );
+            let rate = |t: &Timed| {
+                let secs = t.elapsed.saturating_sub(base.elapsed).as_secs_f64();
+                STREAM_BYTES as f64 / 1e6 / secs.max(1e-3)
+            };
+            streams.stdin.push(rate(&read));
+            streams.stdout.push(rate(&write));
+            progress(&format!(
+                "streams {n}/{}: stdin {:.0} MB/s, stdout {:.0} MB/s",
+                self.runs,
+                rate(&read),
+                rate(&write)
+            ));
+        }
+        Ok(streams)
     }
 
     /// Guest and host memory while the guest idles with dockerd running.
@@ -806,6 +865,12 @@ impl Phases {
 struct Micro {
     fork: Vec<f64>,
     dd: Vec<f64>,
+}
+
+/// MB/s per run through the launcher, each way.
+struct Streams {
+    stdin: Vec<f64>,
+    stdout: Vec<f64>,
 }
 
 impl Micro {
@@ -1328,6 +1393,7 @@ impl Report {
         self.render_phases(&mut md);
         self.render_warm(&mut md);
         self.render_micro(&mut md);
+        self.render_streams(&mut md);
         self.render_sizes(&mut md);
         self.render_memory(&mut md);
         self.render_build(&mut md);
@@ -1574,6 +1640,29 @@ impl Report {
             if let Err(e) = result {
                 let _ = writeln!(md, "\n{mode}: not measured: {}", one_line(e));
             }
+        }
+    }
+
+    fn render_streams(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n### Pipes through the launcher (MB/s, no dockerd)\n\n{} MiB piped into `run sh -c 'cat | wc -c'`, \
+             and out of `run head -c N /dev/zero`; the rate is over each run's wall time less that of a \
+             `run true` right before it.\n",
+            STREAM_BYTES >> 20
+        );
+        match &self.streams {
+            Ok(s) => {
+                let _ = writeln!(
+                    md,
+                    "| stream | median | min | max |\n| --- | --- | --- | --- |\n\
+                     | stdin (host pipe -> guest command) | {} |\n\
+                     | stdout (guest command -> host pipe) | {} |",
+                    Stats::of(&s.stdin).cells(0),
+                    Stats::of(&s.stdout).cells(0)
+                );
+            }
+            Err(e) => _ = writeln!(md, "Not measured: {}", one_line(e)),
         }
     }
 
