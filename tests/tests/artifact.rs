@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -222,14 +222,13 @@ fn arguments_and_stdin_arrive_intact() {
 
 /// sha256 of `data` by the host's `sha256sum`, in hex.
 fn host_sha256(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run sha256sum on the host");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    let out = run(
+        &mut Command::new("sha256sum"),
+        data,
+        Duration::from_secs(60),
+    );
+    out.expect_code(0);
+    out.stdout_text()
         .split_whitespace()
         .next()
         .unwrap_or_default()

@@ -557,12 +557,9 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
         cmd.env("USMOL_DOCKER", "0").env("USMOL_PIN", pin);
         let running = Running::spawn(&mut cmd);
         let ready = running.wait_line("ready", PLAIN_BOOT);
-        let mut lists: Vec<String> = env
-            .processes()
-            .into_iter()
-            .flat_map(thread_cpu_lists)
-            .collect();
-        let processes = env.processes().len();
+        let pids = env.processes();
+        let processes = pids.len();
+        let mut lists: Vec<String> = pids.into_iter().flat_map(thread_cpu_lists).collect();
         // SAFETY: kill(2) on our child: SIGTERM shuts the guest down.
         unsafe { libc::kill(running.pid(), libc::SIGTERM) };
         let (code, _, out, err) = running.finish(Duration::from_secs(60));
@@ -573,7 +570,7 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
         lists.sort();
         lists.dedup();
         match pin {
-            "off" => assert_eq!(lists, [ours.clone()], "USMOL_PIN=off"),
+            "off" => assert_eq!(lists, std::slice::from_ref(&ours), "USMOL_PIN=off"),
             _ if many => {
                 assert_eq!(lists.len(), 1, "USMOL_PIN=auto: {lists:?}");
                 assert!(
@@ -581,7 +578,7 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
                     "USMOL_PIN=auto: not one CPU: {lists:?} (ours: {ours})"
                 );
             }
-            _ => assert_eq!(lists, [ours.clone()], "one allowed CPU, nothing to pin"),
+            _ => assert_eq!(lists, std::slice::from_ref(&ours), "one allowed CPU, nothing to pin"),
         }
     }
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());

@@ -80,7 +80,7 @@ pub fn cpu_max() -> Option<u32> {
         .and_then(|t| crate::sizing::parse_cpu_max(&t))
 }
 
-/// The CPUs in this process's affinity mask.
+/// The CPUs in this process's affinity mask (none if it cannot be read).
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data filled by the kernel.
     unsafe {
@@ -99,18 +99,6 @@ pub fn current_cpu() -> Option<usize> {
     // SAFETY: no arguments; returns -1 on error.
     let c = unsafe { libc::sched_getcpu() };
     usize::try_from(c).ok()
-}
-
-/// CPUs in this process's affinity mask.
-pub fn affinity_cpus() -> u32 {
-    // SAFETY: cpu_set_t is plain data filled by the kernel.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return 1;
-        }
-        libc::CPU_COUNT(&set) as u32
-    }
 }
 
 /// Whether a process here may install a seccomp filter (UML's seccomp mode

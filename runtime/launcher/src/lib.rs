@@ -187,10 +187,11 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let memory_mib =
         sizing::memory_mib(get("USMOL_MEMORY"), host::memory_limit(), host::mem_total())?;
     let seccomp_ok = seccomp != config::Seccomp::Off && host::seccomp_usable();
+    let allowed_cpus = host::allowed_cpus();
     let ncpus = if seccomp_ok {
         Some(sizing::cpus(
             get("USMOL_CPUS"),
-            host::affinity_cpus(),
+            allowed_cpus.len() as u32,
             host::cpu_max(),
         )?)
     } else {
@@ -199,7 +200,7 @@ fn launch(args: Vec<String>) -> Result<i32, LaunchError> {
     let pin = sizing::pin_cpu(
         get("USMOL_PIN"),
         ncpus.unwrap_or(1),
-        &host::allowed_cpus(),
+        &allowed_cpus,
         host::current_cpu(),
     )?;
 
