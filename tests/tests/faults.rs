@@ -455,10 +455,11 @@ fn the_kernel_holds_only_what_it_needs() {
             .map(|t| std::fs::read_to_string(format!("/proc/{kernel}/net/{t}")).unwrap_or_default())
             .collect();
         for pid in &pids {
-            for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .unwrap()
-                .flatten()
-            {
+            // A guest process may exit between the listing and here.
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for e in fds.flatten() {
                 let target = std::fs::read_link(e.path())
                     .map(|t| t.display().to_string())
                     .unwrap_or_default();
@@ -578,7 +579,11 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
                     "USMOL_PIN=auto: not one CPU: {lists:?} (ours: {ours})"
                 );
             }
-            _ => assert_eq!(lists, std::slice::from_ref(&ours), "one allowed CPU, nothing to pin"),
+            _ => assert_eq!(
+                lists,
+                std::slice::from_ref(&ours),
+                "one allowed CPU, nothing to pin"
+            ),
         }
     }
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
