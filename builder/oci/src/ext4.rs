@@ -88,10 +88,13 @@ struct Node {
 }
 
 /// Builds `out` from `rootfs_tar` plus `extra_files`. All inode times are
-/// clamped to `epoch`. Returns the figures of the image.
+/// clamped to `epoch`. `tail` names regular files (absolute guest paths)
+/// written after all others, in that order, so their blocks end the disk
+/// side by side. Returns the figures of the image.
 pub fn make_ext4(
     rootfs_tar: &Path,
     extra_files: &[ExtraFile],
+    tail: &[String],
     out: &Path,
     epoch: u64,
 ) -> Result<Ext4Summary> {
@@ -104,6 +107,8 @@ pub fn make_ext4(
     hasher.update(epoch.to_le_bytes());
     let mut tree = read_tar(rootfs_tar, work.path(), epoch, &mut hasher)?;
     add_extra_files(&mut tree, extra_files, epoch, &mut hasher)?;
+    let tail = tail_paths(&tree, tail, rootfs_tar)?;
+    hasher.update(format!("tail\0{tail:?}\n").as_bytes());
 
     let uuid = uuid_from(&hasher.finalize());
     let (blocks, inodes) = estimate_size(&tree);
@@ -114,6 +119,7 @@ pub fn make_ext4(
     for _ in 0..4 {
         match build_once(
             &tree,
+            &tail,
             &tmp_img,
             work.path(),
             &uuid,
@@ -145,6 +151,29 @@ pub fn make_ext4(
         inodes,
         bytes,
     })
+}
+
+/// Normalises the `tail` list and checks that each entry is a regular file.
+fn tail_paths(
+    tree: &BTreeMap<String, Node>,
+    tail: &[String],
+    rootfs_tar: &Path,
+) -> Result<Vec<String>> {
+    tail.iter()
+        .map(|raw| {
+            let path = normalize(raw, rootfs_tar)?;
+            match tree.get(&path).map(|n| &n.kind) {
+                Some(Kind::File { .. }) => Ok(path),
+                _ => Err(Error::Invalid {
+                    stage: STAGE,
+                    path: rootfs_tar.to_path_buf(),
+                    message: format!(
+                        "the recipe's rootfs.disk_tail names {raw}, which is not a regular file in this tarball; remove it from the list"
+                    ),
+                }),
+            }
+        })
+        .collect()
 }
 
 fn parent_dir(p: &Path) -> PathBuf {
@@ -474,8 +503,10 @@ fn tool(stage: &'static str, cmd: &mut Command) -> Result<std::process::Output> 
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_once(
     tree: &BTreeMap<String, Node>,
+    tail: &[String],
     img: &Path,
     work: &Path,
     uuid: &str,
@@ -506,7 +537,7 @@ fn build_once(
     )?;
 
     let script_path = work.join("populate.debugfs");
-    let script = debugfs_script(tree, work, epoch)?;
+    let script = debugfs_script(tree, tail, work, epoch)?;
     std::fs::write(&script_path, script).map_err(io_err(STAGE, &script_path))?;
     let out = tool(
         STAGE,
@@ -539,23 +570,32 @@ fn build_once(
     Ok(())
 }
 
-fn debugfs_script(tree: &BTreeMap<String, Node>, work: &Path, epoch: u64) -> Result<String> {
+fn debugfs_script(
+    tree: &BTreeMap<String, Node>,
+    tail: &[String],
+    work: &Path,
+    epoch: u64,
+) -> Result<String> {
     let mut s = String::new();
     let mut links: BTreeMap<&str, u64> = BTreeMap::new();
-    // Pass 1: create inodes in sorted order (parents sort before children).
+    let write = |s: &mut String, path: &str, staged: &Path| -> Result<()> {
+        let host = staged.to_str().ok_or_else(|| Error::Invalid {
+            stage: STAGE,
+            path: staged.to_owned(),
+            message: "staging path is not UTF-8".into(),
+        })?;
+        writeln!(s, "write {} {}", q(host), q(&format!("/{path}"))).unwrap();
+        Ok(())
+    };
+    // Pass 1: create inodes in sorted order (parents sort before children),
+    // the tail files last: debugfs allocates blocks first-fit in write order.
     for (path, node) in tree {
         let p = q(&format!("/{path}"));
         match &node.kind {
             Kind::Dir if path.is_empty() => {}
             Kind::Dir => writeln!(s, "mkdir {p}").unwrap(),
-            Kind::File { staged, .. } => {
-                let host = staged.to_str().ok_or_else(|| Error::Invalid {
-                    stage: STAGE,
-                    path: staged.clone(),
-                    message: "staging path is not UTF-8".into(),
-                })?;
-                writeln!(s, "write {} {p}", q(host)).unwrap()
-            }
+            Kind::File { .. } if tail.contains(path) => {}
+            Kind::File { staged, .. } => write(&mut s, path, staged)?,
             Kind::Symlink(t) => writeln!(s, "symlink {p} {}", q(t)).unwrap(),
             // debugfs `mknod` links the name into the cwd without splitting
             // the path, so change into the parent first.
@@ -575,6 +615,15 @@ fn debugfs_script(tree: &BTreeMap<String, Node>, work: &Path, epoch: u64) -> Res
                 .unwrap()
             }
             Kind::Hardlink(_) => {}
+        }
+    }
+    for path in tail {
+        if let Some(Node {
+            kind: Kind::File { staged, .. },
+            ..
+        }) = tree.get(path)
+        {
+            write(&mut s, path, staged)?;
         }
     }
     // Pass 2: hard links, once every target exists. debugfs `ln` does not

@@ -10,10 +10,15 @@
 //! The image is `FROM scratch`: the launcher is static, docker itself
 //! provides `/dev`, `/proc`, `/sys` and `/etc/{hosts,hostname,resolv.conf}`.
 //!
-//! The docker archive is the OCI layout plus docker's `manifest.json` and
-//! `repositories` (the shape `docker save` writes since engine 25); engine
-//! 20.10 reads only `manifest.json` and accepts gzip layers, so one set of
-//! blobs serves both.
+//! Layers are compressed with zstd or gzip ([`Compression`]); the config,
+//! and so the image ID, is the same either way, since it names the layers by
+//! their uncompressed digests. The usmol build writes both: the zstd layout
+//! for registries and modern engines, the gzip layout for engines before
+//! Docker 23.
+//!
+//! The docker archive is a (gzip) OCI layout plus docker's `manifest.json`
+//! and `repositories` (the shape `docker save` writes since engine 25);
+//! engine 20.10 reads only `manifest.json`.
 //!
 //! JSON is written from structs whose fields are declared in sorted key
 //! order with `BTreeMap`s for maps, which gives the canonical form without a
@@ -25,7 +30,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{Blob, Layer, Source, Tree, write_blob, write_layer};
+use crate::layer::{Blob, Compression, Layer, Source, Tree, write_blob, write_layer};
 use crate::{Error, Result, io_err};
 
 const STAGE: &str = "image";
@@ -34,6 +39,7 @@ pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -231,6 +237,8 @@ pub fn write_layout(
     config: &ImageConfig,
     tags: &[String],
     epoch: u64,
+    compression: Compression,
+    layer_cache: Option<&Path>,
     dir: &Path,
 ) -> Result<BuiltImage> {
     let parent = dir
@@ -248,7 +256,7 @@ pub fn write_layout(
     let mut written = Vec::new();
     let mut history = Vec::new();
     for (tree, comment) in layers {
-        written.push(write_layer(tree, &blobs, epoch)?);
+        written.push(write_layer(tree, &blobs, epoch, compression, layer_cache)?);
         history.push(History {
             created: created.clone(),
             created_by: (*comment).to_owned(),
@@ -285,7 +293,7 @@ pub fn write_layout(
             .map(|l| Descriptor {
                 annotations: BTreeMap::new(),
                 digest: l.blob.digest.clone(),
-                media_type: MEDIA_LAYER_GZIP.into(),
+                media_type: compression.media_type().into(),
                 platform: None,
                 size: l.blob.size,
             })
@@ -338,8 +346,17 @@ pub fn write_layout(
 }
 
 /// Builds the usmol image layout at `layout_dir` from the artifact dir
-/// (`run`, `lib/linux`, `lib/rootfs.ext4`, `lib/manifest.json`).
-pub fn build_image(artifact_dir: &Path, meta: &Metadata, layout_dir: &Path) -> Result<BuiltImage> {
+/// (`run`, `lib/linux`, `lib/rootfs.ext4`, `lib/manifest.json`), its layers
+/// compressed with `compression` (zstd layers found in `layer_cache` are
+/// re-used). The image config, and so the image ID, does not depend on the
+/// compression.
+pub fn build_image(
+    artifact_dir: &Path,
+    meta: &Metadata,
+    compression: Compression,
+    layer_cache: Option<&Path>,
+    layout_dir: &Path,
+) -> Result<BuiltImage> {
     for required in [
         "run",
         "lib/linux",
@@ -379,6 +396,8 @@ pub fn build_image(artifact_dir: &Path, meta: &Metadata, layout_dir: &Path) -> R
         &meta.image_config(),
         &meta.tags(),
         meta.epoch,
+        compression,
+        layer_cache,
         layout_dir,
     )
 }
@@ -422,6 +441,8 @@ pub fn write_oci_archive(image: &BuiltImage, out: &Path, epoch: u64) -> Result<(
 }
 
 /// Writes a `docker load` archive tagged with `repo_tags` (`name:tag`).
+/// Engines before 23 load only gzip (or plain tar) layers: give it an image
+/// built with [`Compression::Gzip`].
 pub fn write_docker_archive(
     image: &BuiltImage,
     repo_tags: &[String],
@@ -481,6 +502,8 @@ pub fn docker_archive_from_files(
         &config,
         tags,
         epoch,
+        Compression::Gzip,
+        None,
         Path::new(&layout),
     )?;
     write_docker_archive(&image, tags, out, epoch)?;

@@ -1,9 +1,10 @@
-//! Deterministic tar streams: image layers (gzip) and archives of files.
+//! Deterministic tar streams: image layers (zstd or gzip) and archives of
+//! files.
 //!
 //! Every header carries mtime = epoch, uid/gid 0, user/group `root`, and the
 //! entries are written in sorted path order with their parents first, so the
-//! bytes depend only on the content. gzip runs with a fixed level, no name
-//! and mtime 0 in its header.
+//! bytes depend only on the content. The compressors run with fixed
+//! settings, single-threaded; gzip has no name and mtime 0 in its header.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -229,13 +230,151 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// How layer blobs are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// What every engine and registry client pulls, Docker 20.10 included.
+    Gzip,
+    /// Docker 23+, containerd 1.5+, podman, skopeo and apptainer pull it; a
+    /// 2^27 window lets it find what the Go programs on the root disk share,
+    /// which gzip's 32 KiB window cannot (the usmol image: 144.0 MB with gzip,
+    /// 78.4 MB with zstd).
+    Zstd,
+}
+
+impl Compression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => crate::image::MEDIA_LAYER_GZIP,
+            Compression::Zstd => crate::image::MEDIA_LAYER_ZSTD,
+        }
+    }
+}
+
 /// gzip level for layers: a fixed value, since the bytes must not change
 /// between builds.
 const GZIP_LEVEL: u32 = 6;
+/// zstd level for layers: the slowest, 22. On the usmol layer it saves 7 MB
+/// over level 19 (82.8 -> 75.5 MB for the root disk) for ~4 min of one CPU.
+const ZSTD_LEVEL: i32 = 22;
+/// 2^27: the largest window `zstd -d` and the default decoder limits of
+/// libzstd and Go's klauspost/compress accept without being told more.
+const ZSTD_WINDOW_LOG: u32 = 27;
 
-/// Writes `tree` as a gzip-compressed layer into `blobs_dir` (the
-/// `blobs/sha256` directory of a layout), named by its digest.
-pub fn write_layer(tree: &Tree, blobs_dir: &Path, epoch: u64) -> Result<Layer> {
+/// Writes `tree` as a compressed layer into `blobs_dir` (the
+/// `blobs/sha256` directory of a layout), named by its digest. With a
+/// `cache` directory, zstd layers are kept there by what they were made
+/// from, so a rebuild that changes another layer skips the minutes of
+/// level-22 compression.
+pub fn write_layer(
+    tree: &Tree,
+    blobs_dir: &Path,
+    epoch: u64,
+    compression: Compression,
+    cache: Option<&Path>,
+) -> Result<Layer> {
+    let Some(cache) = cache.filter(|_| compression == Compression::Zstd) else {
+        return compress_layer(tree, blobs_dir, epoch, compression);
+    };
+    let (_, diff_id, _) = tree.write_tar(HashWriter::new(io::sink()), epoch)?.finish();
+    let entry = cache.join(cache_key(&diff_id));
+    if let Some(blob) = cached_blob(&entry, blobs_dir)? {
+        return Ok(Layer { blob, diff_id });
+    }
+    let layer = compress_layer(tree, blobs_dir, epoch, compression)?;
+    if layer.diff_id == diff_id {
+        // A cache that cannot be written costs the next build time, not
+        // this one its output.
+        let _ = store_blob(cache, &entry, blobs_dir, &layer.blob);
+        prune_cache(cache, LAYER_CACHE_KEEP);
+    }
+    Ok(layer)
+}
+
+/// Cached zstd layers kept: the newest few (each ~80 MB for the usmol disk).
+const LAYER_CACHE_KEEP: usize = 3;
+
+/// The cache entry name: the uncompressed tar and every setting (and the
+/// libzstd version) that decides the compressed bytes.
+fn cache_key(diff_id: &str) -> String {
+    let settings = format!(
+        "usmol-layer-v1\0{diff_id}\0zstd level {ZSTD_LEVEL} window_log {ZSTD_WINDOW_LOG} ldm checksum\0libzstd {}",
+        zstd::zstd_safe::version_number()
+    );
+    hex::encode(sha2::Sha256::digest(settings.as_bytes()))
+}
+
+/// The cached blob of `entry` copied into `blobs_dir`, or `None` when there
+/// is none or its bytes no longer match the digest it was stored with (the
+/// entry is then dropped).
+fn cached_blob(entry: &Path, blobs_dir: &Path) -> Result<Option<Blob>> {
+    let Ok(expected) = std::fs::read_to_string(entry.join("digest")) else {
+        return Ok(None);
+    };
+    let Ok(mut source) = std::fs::File::open(entry.join("blob")) else {
+        return Ok(None);
+    };
+    let tmp = tempfile::NamedTempFile::new_in(blobs_dir).map_err(io_err(STAGE, blobs_dir))?;
+    let file = io::BufWriter::new(
+        tmp.as_file()
+            .try_clone()
+            .map_err(io_err(STAGE, tmp.path()))?,
+    );
+    let mut writer = HashWriter::new(file);
+    io::copy(&mut source, &mut writer).map_err(io_err(STAGE, entry))?;
+    let (mut file, digest, size) = writer.finish();
+    file.flush().map_err(io_err(STAGE, tmp.path()))?;
+    drop(file);
+    if digest != expected.trim() {
+        let _ = std::fs::remove_dir_all(entry);
+        return Ok(None);
+    }
+    // The newest entries survive pruning.
+    let _ = std::fs::File::options()
+        .append(true)
+        .open(entry.join("digest"))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    persist_blob(tmp, blobs_dir, &digest, size).map(Some)
+}
+
+/// Stores `blob` (in `blobs_dir`) as cache `entry`: written under a
+/// temporary name and renamed, so a half-written entry is never found.
+fn store_blob(cache: &Path, entry: &Path, blobs_dir: &Path, blob: &Blob) -> io::Result<()> {
+    std::fs::create_dir_all(cache)?;
+    let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(cache)?;
+    let source = blobs_dir.join(blob.digest.trim_start_matches("sha256:"));
+    if std::fs::hard_link(&source, tmp.path().join("blob")).is_err() {
+        std::fs::copy(&source, tmp.path().join("blob"))?;
+    }
+    std::fs::write(tmp.path().join("digest"), &blob.digest)?;
+    std::fs::rename(tmp.keep(), entry)
+}
+
+/// Removes all but the `keep` most recently used entries.
+fn prune_cache(cache: &Path, keep: usize) {
+    let Ok(dir) = std::fs::read_dir(cache) else {
+        return;
+    };
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let used = e.path().join("digest").metadata().ok()?.modified().ok()?;
+            Some((used, e.path()))
+        })
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, path) in entries.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
+
+fn compress_layer(
+    tree: &Tree,
+    blobs_dir: &Path,
+    epoch: u64,
+    compression: Compression,
+) -> Result<Layer> {
     let tmp = tempfile::NamedTempFile::new_in(blobs_dir).map_err(io_err(STAGE, blobs_dir))?;
     let file = io::BufWriter::new(
         tmp.as_file()
@@ -243,14 +382,26 @@ pub fn write_layer(tree: &Tree, blobs_dir: &Path, epoch: u64) -> Result<Layer> {
             .map_err(io_err(STAGE, tmp.path()))?,
     );
     let compressed = HashWriter::new(file);
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(compressed, flate2::Compression::new(GZIP_LEVEL));
-    let uncompressed = HashWriter::new(gz);
-    let uncompressed = tree.write_tar(uncompressed, epoch)?;
-    let (gz, diff_id, _) = uncompressed.finish();
-    let compressed = gz.finish().map_err(io_err(STAGE, tmp.path()))?;
+    let (compressed, diff_id) = match compression {
+        Compression::Gzip => {
+            let gz = flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(255)
+                .write(compressed, flate2::Compression::new(GZIP_LEVEL));
+            let (gz, diff_id, _) = tree.write_tar(HashWriter::new(gz), epoch)?.finish();
+            (gz.finish().map_err(io_err(STAGE, tmp.path()))?, diff_id)
+        }
+        Compression::Zstd => {
+            let mut enc =
+                zstd::Encoder::new(compressed, ZSTD_LEVEL).map_err(io_err(STAGE, tmp.path()))?;
+            enc.long_distance_matching(true)
+                .and_then(|()| enc.window_log(ZSTD_WINDOW_LOG))
+                .and_then(|()| enc.include_checksum(true))
+                .map_err(io_err(STAGE, tmp.path()))?;
+            let (enc, diff_id, _) = tree.write_tar(HashWriter::new(enc), epoch)?.finish();
+            (enc.finish().map_err(io_err(STAGE, tmp.path()))?, diff_id)
+        }
+    };
     let (mut file, digest, size) = compressed.finish();
     file.flush().map_err(io_err(STAGE, tmp.path()))?;
     drop(file);

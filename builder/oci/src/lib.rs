@@ -26,6 +26,7 @@ pub use image::{
     BuiltImage, ImageConfig, Metadata, build_image, docker_archive_from_files,
     write_docker_archive, write_oci_archive,
 };
+pub use layer::Compression;
 pub use registry::{Auth, PushReport, export, export_rootfs, push, resolve_auth};
 pub use tarball::write_plain_tarball;
 

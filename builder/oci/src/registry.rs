@@ -31,8 +31,8 @@ use oci_client::{Client, Reference};
 
 use crate::apply::Applier;
 use crate::image::{
-    Descriptor, Index, MEDIA_INDEX, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_MANIFEST, Platform,
-    blob_path, read_blob_verified, read_layout_manifest,
+    Descriptor, Index, MEDIA_INDEX, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_LAYER_ZSTD,
+    MEDIA_MANIFEST, Platform, blob_path, read_blob_verified, read_layout_manifest,
 };
 use crate::{Error, Result, io_err};
 
@@ -370,6 +370,13 @@ fn export_impl(source: &str, dir: &Path, usmol_only: bool) -> Result<PathBuf> {
             MEDIA_LAYER_GZIP | MEDIA_DOCKER_LAYER => applier
                 .apply(flate2::read::GzDecoder::new(f))
                 .map_err(apply_err)?,
+            MEDIA_LAYER_ZSTD => {
+                let mut dec = zstd::Decoder::with_buffer(f).map_err(io_err("export", &path))?;
+                // Other builders' layers may use windows up to the format's
+                // limit; the default decoder refuses more than 2^27.
+                dec.window_log_max(31).map_err(io_err("export", &path))?;
+                applier.apply(dec).map_err(apply_err)?
+            }
             MEDIA_LAYER_TAR => applier.apply(f).map_err(apply_err)?,
             other => {
                 return Err(Error::Invalid {

@@ -130,9 +130,9 @@ fn ext4_from_tarball_is_faithful_and_deterministic() {
     }];
     let a = d.path().join("a.ext4");
     let b = d.path().join("b.ext4");
-    let sa = make_ext4(&tar, &extra, &a, EPOCH).unwrap();
+    let sa = make_ext4(&tar, &extra, &[], &a, EPOCH).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let sb = make_ext4(&tar, &extra, &b, EPOCH).unwrap();
+    let sb = make_ext4(&tar, &extra, &[], &b, EPOCH).unwrap();
     assert_eq!(sa, sb);
     assert!(
         std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
@@ -191,7 +191,7 @@ fn ext4_from_tarball_is_faithful_and_deterministic() {
 fn different_content_gives_a_different_uuid() {
     let d = tempfile::tempdir().unwrap();
     let tar = rootfs_tar(d.path());
-    let a = make_ext4(&tar, &[], &d.path().join("a"), EPOCH).unwrap();
+    let a = make_ext4(&tar, &[], &[], &d.path().join("a"), EPOCH).unwrap();
     let f = d.path().join("f");
     std::fs::write(&f, b"x").unwrap();
     let extra = [ExtraFile {
@@ -199,7 +199,7 @@ fn different_content_gives_a_different_uuid() {
         host_path: f,
         mode: 0o644,
     }];
-    let b = make_ext4(&tar, &extra, &d.path().join("b"), EPOCH).unwrap();
+    let b = make_ext4(&tar, &extra, &[], &d.path().join("b"), EPOCH).unwrap();
     assert_ne!(a.uuid, b.uuid);
 }
 
@@ -217,7 +217,68 @@ fn tarball_with_dotdot_is_refused() {
     raw.extend_from_slice(&[0u8; 1024]);
     let p = d.path().join("bad.tar");
     std::fs::write(&p, raw).unwrap();
-    let err = make_ext4(&p, &[], &d.path().join("out"), EPOCH).unwrap_err();
+    let err = make_ext4(&p, &[], &[], &d.path().join("out"), EPOCH).unwrap_err();
     assert!(err.to_string().contains(".."), "{err}");
     assert!(!d.path().join("out").exists());
+}
+
+/// First physical block of `path` in `img`.
+fn first_block(img: &Path, path: &str) -> u64 {
+    let out = debugfs(img, &format!("bmap {path} 0"));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("bmap {path}: {out:?}"))
+}
+
+#[test]
+fn tail_files_end_the_disk_in_the_listed_order() {
+    let d = tempfile::tempdir().unwrap();
+    let tar = rootfs_tar(d.path());
+    let big = d.path().join("big");
+    std::fs::write(&big, vec![3u8; 200_000]).unwrap();
+    let extra = [ExtraFile {
+        guest_path: "/usr/lib/usmol/init".into(),
+        host_path: big,
+        mode: 0o755,
+    }];
+    let tail = [
+        "/usr/lib/usmol/init".to_owned(),
+        "/usr/bin/dockerd".to_owned(),
+    ];
+    let img = d.path().join("tail.ext4");
+    make_ext4(&tar, &extra, &tail, &img, EPOCH).unwrap();
+    let init = first_block(&img, "/usr/lib/usmol/init");
+    let dockerd = first_block(&img, "/usr/bin/dockerd");
+    // In sorted order dockerd comes before su; with the tail, the listed
+    // files follow every other file.
+    let other = first_block(&img, "\"/home/user/with \"\"quote\"\" and space\"");
+    let su = first_block(&img, "/usr/bin/su");
+    assert!(
+        other < init && su < init,
+        "other {other}, su {su}, init {init}"
+    );
+    assert!(init < dockerd, "init {init}, dockerd {dockerd}");
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+#[test]
+fn a_tail_entry_missing_from_the_tarball_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let tar = rootfs_tar(d.path());
+    let out = d.path().join("out");
+    for bad in ["/usr/bin/podman", "/usr/bin", "/bin"] {
+        let err = make_ext4(&tar, &[], &[bad.to_owned()], &out, EPOCH).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("disk_tail names {bad},")), "{msg}");
+        assert!(!out.exists());
+    }
 }

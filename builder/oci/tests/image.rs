@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use sha2::Digest;
 use usmol_oci::image::write_oci_archive;
 use usmol_oci::{
-    ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive,
+    Compression, ImageConfig, Metadata, build_image, docker_archive_from_files,
+    write_docker_archive,
 };
 
 const EPOCH: u64 = 1_700_000_000;
@@ -86,9 +87,9 @@ fn tar_list(bytes: &[u8]) -> Vec<(String, u32, u64, u64)> {
 fn layout_is_valid_deterministic_and_layered() {
     let d = tempfile::tempdir().unwrap();
     let a = artifact(d.path(), b"launcher v1");
-    let one = build_image(&a, &meta(), &d.path().join("one")).unwrap();
+    let one = build_image(&a, &meta(), Compression::Zstd, None, &d.path().join("one")).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let two = build_image(&a, &meta(), &d.path().join("two")).unwrap();
+    let two = build_image(&a, &meta(), Compression::Zstd, None, &d.path().join("two")).unwrap();
     assert_eq!(one.manifest, two.manifest);
     assert_eq!(
         std::fs::read(one.layout.join("index.json")).unwrap(),
@@ -145,7 +146,7 @@ fn layout_is_valid_deterministic_and_layered() {
         "2023-11-14T22:13:20Z"
     );
 
-    // Layers: gzip of a tar whose digest is the diff_id; base holds kernel,
+    // Layers: zstd of a tar whose digest is the diff_id; base holds kernel,
     // disk and /tmp; top holds launcher and manifest.
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2);
@@ -153,13 +154,29 @@ fn layout_is_valid_deterministic_and_layered() {
     for (i, l) in layers.iter().enumerate() {
         assert_eq!(
             l["mediaType"],
-            "application/vnd.oci.image.layer.v1.tar+gzip"
+            "application/vnd.oci.image.layer.v1.tar+zstd"
         );
-        let gz = blob(layout, l["digest"].as_str().unwrap());
-        assert_eq!(gz.len() as u64, l["size"].as_u64().unwrap());
-        let raw = gunzip(&gz);
+        let zst = blob(layout, l["digest"].as_str().unwrap());
+        assert_eq!(zst.len() as u64, l["size"].as_u64().unwrap());
+        let raw = zstd::decode_all(&zst[..]).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][i], sha(&raw));
         lists.push(tar_list(&raw));
+    }
+
+    // The gzip image differs in its layer blobs only: same config, so the
+    // same image ID whichever an engine pulls or loads.
+    let gz = build_image(&a, &meta(), Compression::Gzip, None, &d.path().join("gz")).unwrap();
+    assert_eq!(gz.config, one.config);
+    let gz_manifest: serde_json::Value =
+        serde_json::from_slice(&blob(&gz.layout, &gz.manifest.digest)).unwrap();
+    for (i, l) in gz_manifest["layers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_ne!(l["digest"], layers[i]["digest"]);
+        let raw = gunzip(&blob(&gz.layout, l["digest"].as_str().unwrap()));
+        assert_eq!(config["rootfs"]["diff_ids"][i], sha(&raw));
     }
     assert_eq!(
         lists[0],
@@ -187,16 +204,133 @@ fn layout_is_valid_deterministic_and_layered() {
     // A new launcher leaves the big layer untouched.
     let d2 = tempfile::tempdir().unwrap();
     let a2 = artifact(d2.path(), b"launcher v2");
-    let three = build_image(&a2, &meta(), &d2.path().join("three")).unwrap();
+    let three = build_image(
+        &a2,
+        &meta(),
+        Compression::Zstd,
+        None,
+        &d2.path().join("three"),
+    )
+    .unwrap();
     assert_eq!(three.layers[0], one.layers[0]);
     assert_ne!(three.layers[1], one.layers[1]);
+}
+
+/// Blob digests of an image's layers.
+fn layer_digests(img: &usmol_oci::BuiltImage) -> Vec<String> {
+    img.layers.iter().map(|l| l.blob.digest.clone()).collect()
+}
+
+#[test]
+fn zstd_layers_come_from_the_cache_and_a_damaged_entry_is_redone() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let a = artifact(d.path(), b"launcher");
+    let plain = build_image(&a, &meta(), Compression::Zstd, None, &d.path().join("p")).unwrap();
+    let first = build_image(
+        &a,
+        &meta(),
+        Compression::Zstd,
+        Some(&cache),
+        &d.path().join("1"),
+    )
+    .unwrap();
+    assert_eq!(layer_digests(&first), layer_digests(&plain));
+    let mut entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+
+    // A hit marks the entry used (its digest file's mtime).
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    for e in &entries {
+        let f = std::fs::File::options()
+            .append(true)
+            .open(e.join("digest"))
+            .unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let again = build_image(
+        &a,
+        &meta(),
+        Compression::Zstd,
+        Some(&cache),
+        &d.path().join("2"),
+    )
+    .unwrap();
+    assert_eq!(layer_digests(&again), layer_digests(&plain));
+    for e in &entries {
+        let used = e.join("digest").metadata().unwrap().modified().unwrap();
+        assert!(used > old, "{} was not used", e.display());
+    }
+
+    // A damaged blob is not trusted: the layer is compressed anew and the
+    // entry rewritten.
+    for e in &entries {
+        let mut bytes = std::fs::read(e.join("blob")).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0xff;
+        std::fs::remove_file(e.join("blob")).unwrap();
+        std::fs::write(e.join("blob"), bytes).unwrap();
+    }
+    let redone = build_image(
+        &a,
+        &meta(),
+        Compression::Zstd,
+        Some(&cache),
+        &d.path().join("3"),
+    )
+    .unwrap();
+    assert_eq!(layer_digests(&redone), layer_digests(&plain));
+    for e in &entries {
+        let digest = std::fs::read_to_string(e.join("digest")).unwrap();
+        assert_eq!(sha(&std::fs::read(e.join("blob")).unwrap()), digest);
+    }
+
+    // Only the newest three entries stay: each launcher makes a new top layer.
+    for i in 0..3 {
+        let a = artifact(
+            &d.path().join(format!("v{i}")),
+            format!("launcher v{i}").as_bytes(),
+        );
+        build_image(
+            &a,
+            &meta(),
+            Compression::Zstd,
+            Some(&cache),
+            &d.path().join(format!("l{i}")),
+        )
+        .unwrap();
+    }
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
+
+    // gzip layers are quick and never cached.
+    let gz_cache = d.path().join("gz-cache");
+    build_image(
+        &a,
+        &meta(),
+        Compression::Gzip,
+        Some(&gz_cache),
+        &d.path().join("g"),
+    )
+    .unwrap();
+    assert!(!gz_cache.exists());
 }
 
 #[test]
 fn docker_archive_has_docker_and_oci_shapes() {
     let d = tempfile::tempdir().unwrap();
     let a = artifact(d.path(), b"launcher");
-    let img = build_image(&a, &meta(), &d.path().join("layout")).unwrap();
+    let img = build_image(
+        &a,
+        &meta(),
+        Compression::Gzip,
+        None,
+        &d.path().join("layout"),
+    )
+    .unwrap();
     let tags = meta().tags();
     let out1 = d.path().join("one.tar");
     let out2 = d.path().join("two.tar");
@@ -275,7 +409,14 @@ fn plain_tarball_is_deterministic() {
 fn export_from_layout_and_archive_gives_a_runnable_dir() {
     let d = tempfile::tempdir().unwrap();
     let a = artifact(d.path(), b"launcher");
-    let img = build_image(&a, &meta(), &d.path().join("layout")).unwrap();
+    let img = build_image(
+        &a,
+        &meta(),
+        Compression::Zstd,
+        None,
+        &d.path().join("layout"),
+    )
+    .unwrap();
     let out = d.path().join("exported");
     usmol_oci::export(img.layout.to_str().unwrap(), &out).unwrap();
     for f in ["run", "lib/linux", "lib/rootfs.ext4", "lib/manifest.json"] {
@@ -295,9 +436,11 @@ fn export_from_layout_and_archive_gives_a_runnable_dir() {
         0o755
     );
 
-    // From the docker archive tar too; a non-empty destination is refused.
+    // From the (gzip) docker archive tar too; a non-empty destination is
+    // refused.
+    let gz = build_image(&a, &meta(), Compression::Gzip, None, &d.path().join("gz")).unwrap();
     let tarball = d.path().join("docker.tar");
-    write_docker_archive(&img, &meta().tags(), &tarball, EPOCH).unwrap();
+    write_docker_archive(&gz, &meta().tags(), &tarball, EPOCH).unwrap();
     let out2 = d.path().join("exported2");
     usmol_oci::export(tarball.to_str().unwrap(), &out2).unwrap();
     assert!(out2.join("run").is_file());

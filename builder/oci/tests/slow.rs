@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use usmol_oci::{
-    ImageConfig, Metadata, build_image, docker_archive_from_files, write_docker_archive,
+    Compression, ImageConfig, Metadata, build_image, docker_archive_from_files,
+    write_docker_archive,
 };
 
 const EPOCH: u64 = 1_700_000_000;
@@ -117,7 +118,14 @@ fn push_is_idempotent_and_export_round_trips() {
     let run = d.path().join("fake-run");
     std::fs::write(&run, b"#!/bin/sh\necho usmol\n").unwrap();
     let a = artifact(d.path(), &run);
-    let img = build_image(&a, &meta(), &d.path().join("layout")).unwrap();
+    let img = build_image(
+        &a,
+        &meta(),
+        Compression::Zstd,
+        None,
+        &d.path().join("layout"),
+    )
+    .unwrap();
     let reference = format!("{}/usmol:0.1.0", reg.addr);
 
     let first = usmol_oci::push(&img.layout, &reference).unwrap();
@@ -215,6 +223,22 @@ fn static_hello(dir: &Path) -> Option<PathBuf> {
     ok.then_some(bin)
 }
 
+/// A one-layer (gzip) image of the static `hello` as its entrypoint, tagged
+/// `tag`, written as a docker archive at `archive` (layout beside it).
+fn hello_archive(hello: &Path, tag: &str, archive: &Path) -> usmol_oci::BuiltImage {
+    docker_archive_from_files(
+        &[("/hello".into(), hello.to_owned(), 0o755)],
+        ImageConfig {
+            entrypoint: vec!["/hello".into()],
+            ..ImageConfig::default()
+        },
+        &[tag.to_owned()],
+        archive,
+        EPOCH,
+    )
+    .unwrap()
+}
+
 #[test]
 fn docker_loads_and_runs_the_archives() {
     if !slow() {
@@ -233,17 +257,7 @@ fn docker_loads_and_runs_the_archives() {
     };
     let tag = format!("usmol-test-hello:{}", std::process::id());
     let archive = d.path().join("hello.tar");
-    docker_archive_from_files(
-        &[("/hello".into(), hello.clone(), 0o755)],
-        ImageConfig {
-            entrypoint: vec!["/hello".into()],
-            ..ImageConfig::default()
-        },
-        std::slice::from_ref(&tag),
-        &archive,
-        EPOCH,
-    )
-    .unwrap();
+    hello_archive(&hello, &tag, &archive);
     let loaded = docker(&["load", "-i", archive.to_str().unwrap()]);
     assert!(loaded.contains(&tag), "{loaded}");
     let out = docker(&["run", "--rm", "--network", "none", &tag]);
@@ -253,7 +267,14 @@ fn docker_loads_and_runs_the_archives() {
     // The usmol image shape, with the static hello standing in for the
     // launcher: entrypoint, labels, /tmp and the layers all load.
     let a = artifact(d.path(), &hello);
-    let img = build_image(&a, &meta(), &d.path().join("layout")).unwrap();
+    let img = build_image(
+        &a,
+        &meta(),
+        Compression::Gzip,
+        None,
+        &d.path().join("layout"),
+    )
+    .unwrap();
     let name = format!("usmol-test:{}", std::process::id());
     let archive = d.path().join("usmol.tar");
     write_docker_archive(&img, std::slice::from_ref(&name), &archive, EPOCH).unwrap();
@@ -290,4 +311,32 @@ fn docker_loads_and_runs_the_archives() {
     ]);
     assert_eq!(tmp.trim(), "hello from scratch");
     docker(&["rmi", &name]);
+}
+
+/// The gzip layout is what engines before Docker 23 (Debian 12's 20.10)
+/// pull: pushed to a registry on loopback, the engine here pulls and runs it.
+#[test]
+fn docker_pulls_a_pushed_gzip_layout() {
+    if !slow() {
+        return;
+    }
+    if !docker_ok() {
+        eprintln!(
+            "!!!!!! SKIPPED docker pull test: `docker info` fails (no engine reachable) !!!!!!"
+        );
+        return;
+    }
+    let Some(reg) = start_registry() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let Some(hello) = static_hello(d.path()) else {
+        eprintln!("!!!!!! SKIPPED docker pull test: gcc -static unavailable !!!!!!");
+        return;
+    };
+    let tag = format!("{}/usmol-test-pull:{}", reg.addr, std::process::id());
+    let img = hello_archive(&hello, &tag, &d.path().join("hello.tar"));
+    usmol_oci::push(&img.layout, &tag).unwrap();
+    docker(&["pull", &tag]);
+    let out = docker(&["run", "--rm", "--network", "none", &tag]);
+    assert_eq!(out.trim(), "hello from scratch");
+    docker(&["rmi", &tag]);
 }

@@ -125,6 +125,12 @@ pub struct Rootfs {
     /// Extra `update-alternatives` links: link path -> target path.
     #[serde(default)]
     pub alternatives: std::collections::BTreeMap<String, String>,
+    /// Regular files written last to the root disk, in this order (absolute
+    /// paths). The image layer and the plain tarball are compressed with a
+    /// bounded window, so big files that share content compress much
+    /// better when they sit next to each other.
+    #[serde(default)]
+    pub disk_tail: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +424,19 @@ impl Recipe {
                 )));
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for path in &self.rootfs.disk_tail {
+            if !path.starts_with('/') || path.contains('*') {
+                return Err(invalid(format!(
+                    "rootfs.disk_tail entry {path:?} must be an absolute path without globs"
+                )));
+            }
+            if !seen.insert(path) {
+                return Err(invalid(format!(
+                    "rootfs.disk_tail names {path:?} twice; list each file once"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -502,6 +521,22 @@ include = ["tini"]
             .unwrap_err()
             .to_string();
         assert!(msg.contains("must be absolute"), "{msg}");
+    }
+
+    #[test]
+    fn disk_tail_wants_distinct_absolute_paths() {
+        let parse = |list: &str| {
+            let text = format!("{MINIMAL}\n[rootfs]\ndisk_tail = {list}\n");
+            Recipe::parse(Path::new("r.toml"), &text).map_err(|e| e.to_string())
+        };
+        let ok = parse(r#"["/usr/bin/b", "/usr/bin/a"]"#).unwrap();
+        assert_eq!(ok.rootfs.disk_tail, ["/usr/bin/b", "/usr/bin/a"]);
+        let msg = parse(r#"["usr/bin/a"]"#).unwrap_err();
+        assert!(msg.contains("disk_tail entry \"usr/bin/a\""), "{msg}");
+        let msg = parse(r#"["/usr/bin/*"]"#).unwrap_err();
+        assert!(msg.contains("without globs"), "{msg}");
+        let msg = parse(r#"["/usr/bin/a", "/usr/bin/a"]"#).unwrap_err();
+        assert!(msg.contains("twice"), "{msg}");
     }
 
     #[test]

@@ -144,7 +144,8 @@ enum Command {
         #[command(flatten)]
         fetch: FetchArgs,
     },
-    /// Push an OCI layout to a registry: `usmol push out/usmol-oci host/repo:tag`.
+    /// Push an OCI layout to a registry: `usmol push out/usmol-oci host/repo:tag`
+    /// (zstd layers), or `out/usmol-oci-gzip` for engines before Docker 23.
     Push { layout: PathBuf, reference: String },
     /// Pull an image (or read an OCI layout) into a runnable directory.
     Export { source: String, dir: PathBuf },
@@ -287,7 +288,9 @@ fn main() -> Result<()> {
                 source: env!("CARGO_PKG_REPOSITORY").to_owned(),
                 epoch,
             };
-            let image = usmol::image(&rootfs, &linux, &passt, &launcher, &init, &meta, &out)?;
+            let image = usmol::image(
+                &rootfs, &linux, &passt, &launcher, &init, &meta, &out, &cache_dir,
+            )?;
             print_summary(&image);
         }
         Command::Push { layout, reference } => {
@@ -343,8 +346,12 @@ fn print_summary(image: &usmol::ImageOutputs) {
         image.tags.last().map_or("usmol:latest", String::as_str)
     );
     println!(
-        "  OCI layout          {}      push: usmol push <it> <registry>/<repo>:<tag>",
+        "  OCI layout (zstd)   {}      push: usmol push <it> <registry>/<repo>:<tag>",
         d(&image.oci_layout)
+    );
+    println!(
+        "  OCI layout (gzip)   {}      the same image for engines before Docker 23",
+        d(&image.oci_layout_gzip)
     );
     println!(
         "  OCI archive         {}      skopeo copy / podman load",
