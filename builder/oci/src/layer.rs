@@ -347,7 +347,10 @@ fn store_blob(cache: &Path, entry: &Path, blobs_dir: &Path, blob: &Blob) -> io::
         std::fs::copy(&source, tmp.path().join("blob"))?;
     }
     std::fs::write(tmp.path().join("digest"), &blob.digest)?;
-    std::fs::rename(tmp.keep(), entry)
+    // An entry that was found wanting (no blob, wrong bytes) gives way.
+    let _ = std::fs::remove_dir_all(entry);
+    // On failure the temporary directory is removed when `tmp` drops.
+    std::fs::rename(tmp.path(), entry)
 }
 
 /// Removes all but the `keep` most recently used entries.
