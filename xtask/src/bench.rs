@@ -1074,18 +1074,16 @@ impl Sizes {
         for (media_type, path) in &layers {
             oci_uncompressed += uncompressed_size(media_type, path)?;
         }
-        let oci_compressed = layers
-            .iter()
-            .map(|(_, path)| size(path))
-            .sum::<Result<u64>>()?;
+        let blobs_size = |layers: &[(String, PathBuf)]| {
+            layers
+                .iter()
+                .map(|(_, path)| size(path))
+                .sum::<Result<u64>>()
+        };
+        let oci_compressed = blobs_size(&layers)?;
         let gzip_layout = out.join("usmol-oci-gzip");
         let oci_gzip_compressed = if gzip_layout.join("index.json").is_file() {
-            Some(
-                oci_layers(&gzip_layout)?
-                    .iter()
-                    .map(|(_, path)| size(path))
-                    .sum::<Result<u64>>()?,
-            )
+            Some(blobs_size(&oci_layers(&gzip_layout)?)?)
         } else {
             None
         };

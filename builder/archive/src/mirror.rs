@@ -305,31 +305,33 @@ mod tests {
         Recipe::parse(Path::new("r.toml"), &text).unwrap()
     }
 
+    // Parser input only, never contacted: loopback addresses stand in for
+    // mirrors.
     const LIST: &str = "\
-# deb http://commented.test/debian trixie main
-deb-src http://mirror.test/debian trixie main
-deb https://vendor.test/apt cloud-sdk-bookworm main
-deb http://mirror.test/debian-security trixie-security main
-deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://mirror.test/debian/ trixie main contrib
-deb http://other.test/debian trixie main
+# deb http://127.0.0.10/debian trixie main
+deb-src http://127.0.0.1/debian trixie main
+deb https://127.0.0.11/apt cloud-sdk-bookworm main
+deb http://127.0.0.1/debian-security trixie-security main
+deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://127.0.0.1/debian/ trixie main contrib
+deb http://127.0.0.2/debian trixie main
 ";
 
     const SOURCES: &str = "\
 Types: deb
-URIs: http://disabled.test/debian
+URIs: http://127.0.0.12/debian
 Suites: trixie
 Components: main
 Enabled: no
 
 Types: deb deb-src
 # a comment inside a stanza
-URIs: http://mirror.test/debian http://second.test/debian
+URIs: http://127.0.0.1/debian http://127.0.0.3/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://mirror.test/debian-security
+URIs: http://127.0.0.1/debian-security
 Suites: bookworm-security
 Components: main
 ";
@@ -338,7 +340,7 @@ Components: main
     fn one_line_format_skips_sources_comments_vendors_and_security() {
         let entries = parse_sources_list(LIST);
         let first = entries.iter().find(|e| e.is_debian_archive()).unwrap();
-        assert_eq!(first.uri, "http://mirror.test/debian");
+        assert_eq!(first.uri, "http://127.0.0.1/debian");
         assert_eq!(first.suites, ["trixie"]);
         assert_eq!(first.components, ["main", "contrib"]);
         assert_eq!(entries.len(), 4);
@@ -349,7 +351,7 @@ Components: main
         let entries = parse_deb822_sources(SOURCES);
         assert_eq!(entries.len(), 3, "{entries:?}");
         let first = entries.iter().find(|e| e.is_debian_archive()).unwrap();
-        assert_eq!(first.uri, "http://mirror.test/debian");
+        assert_eq!(first.uri, "http://127.0.0.1/debian");
         assert_eq!(first.suites, ["bookworm", "bookworm-updates"]);
         assert!(!entries[2].is_debian_archive());
     }
@@ -357,7 +359,7 @@ Components: main
     #[test]
     fn third_party_repositories_are_not_debian() {
         let vendor = AptSource {
-            uri: "https://vendor.test/node_20.x".into(),
+            uri: "https://127.0.0.11/node_20.x".into(),
             suites: vec!["nodistro".into()],
             components: vec!["main".into()],
         };
@@ -381,27 +383,27 @@ Components: main
     #[test]
     fn order_is_flag_env_recipe_apt() {
         let dir = apt_dir(&[("sources.list.d/debian.sources", SOURCES)]);
-        let r = recipe(Some("http://recipe.test/debian"));
+        let r = recipe(Some("http://127.0.0.4/debian"));
         let m = resolve_mirror_from(
-            Some("http://flag.test/debian/"),
-            Some("http://env.test/debian"),
+            Some("http://127.0.0.5/debian/"),
+            Some("http://127.0.0.6/debian"),
             &r,
             &dir,
         )
         .unwrap();
         assert_eq!(
             (m.url.as_str(), m.origin),
-            ("http://flag.test/debian", MirrorOrigin::Flag)
+            ("http://127.0.0.5/debian", MirrorOrigin::Flag)
         );
-        let m = resolve_mirror_from(None, Some("http://env.test/debian"), &r, &dir).unwrap();
+        let m = resolve_mirror_from(None, Some("http://127.0.0.6/debian"), &r, &dir).unwrap();
         assert_eq!(m.origin, MirrorOrigin::Env);
         let m = resolve_mirror_from(None, None, &r, &dir).unwrap();
         assert_eq!(
             (m.url.as_str(), m.origin),
-            ("http://recipe.test/debian", MirrorOrigin::Recipe)
+            ("http://127.0.0.4/debian", MirrorOrigin::Recipe)
         );
         let m = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap();
-        assert_eq!(m.url, "http://mirror.test/debian");
+        assert_eq!(m.url, "http://127.0.0.1/debian");
         assert_eq!(
             m.origin,
             MirrorOrigin::AptSources(dir.join("sources.list.d/debian.sources"))
@@ -415,7 +417,7 @@ Components: main
             ("sources.list.d/debian.sources.disabled", SOURCES),
             (
                 "sources.list.d/vendor.list",
-                "deb https://vendor.test/apt cloud-sdk-bookworm main\n",
+                "deb https://127.0.0.11/apt cloud-sdk-bookworm main\n",
             ),
         ]);
         let msg = resolve_mirror_from(None, None, &recipe(None), &dir)
@@ -432,21 +434,21 @@ Components: main
     #[test]
     fn sources_list_comes_before_sources_list_d() {
         let dir = apt_dir(&[
-            ("sources.list", "deb http://first.test/debian trixie main\n"),
+            ("sources.list", "deb http://127.0.0.7/debian trixie main\n"),
             (
                 "sources.list.d/a.list",
-                "deb http://second.test/debian trixie main\n",
+                "deb http://127.0.0.3/debian trixie main\n",
             ),
         ]);
         let m = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap();
-        assert_eq!(m.url, "http://first.test/debian");
+        assert_eq!(m.url, "http://127.0.0.7/debian");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn non_http_mirror_is_refused() {
         let err = resolve_mirror_from(
-            Some("ftp://x.test/debian"),
+            Some("ftp://127.0.0.8/debian"),
             None,
             &recipe(None),
             Path::new("/nonexistent"),
