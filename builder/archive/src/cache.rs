@@ -47,6 +47,10 @@ pub struct Download {
     pub url: String,
     pub sha256: String,
     pub size: u64,
+    /// The same file at a second address, tried once when `url` answers
+    /// with other content: an index's canonical path behind its by-hash
+    /// one, which a mirror in mid-sync or a caching proxy can serve stale.
+    pub fallback_url: Option<String>,
 }
 
 /// The download cache plus the HTTP agent used to fill it.
@@ -287,10 +291,28 @@ impl Cache {
         for dir in [blob.parent().unwrap(), part.parent().unwrap()] {
             fs::create_dir_all(dir).map_err(Self::io_err(dir, "creating the cache"))?;
         }
+        let mut urls = std::iter::once(&d.url).chain(d.fallback_url.as_ref());
+        let mut result = self.download_from(d, urls.next().expect("one url"), &part, bar);
+        for url in urls {
+            if matches!(
+                result,
+                Err(Error::SizeMismatch { .. } | Error::HashMismatch { .. })
+            ) {
+                result = self.download_from(d, url, &part, bar);
+            }
+        }
+        result?;
+        fs::rename(&part, &blob).map_err(Self::io_err(&blob, "publishing a download"))?;
+        Ok(blob)
+    }
+
+    /// Fills `part` from `url` and checks it against `d`'s size and hash;
+    /// a mismatch removes it.
+    fn download_from(&self, d: &Download, url: &str, part: &Path, bar: &ProgressBar) -> Result<()> {
         // Two attempts: a broken connection is resumed once before giving up.
         let mut last_err = None;
         for _ in 0..2 {
-            match self.transfer(d, &part, bar) {
+            match self.transfer(d, url, part, bar) {
                 Ok(()) => {
                     last_err = None;
                     break;
@@ -302,36 +324,36 @@ impl Cache {
         if let Some(e) = last_err {
             return Err(e);
         }
-        let (hasher, len) = File::open(&part)
+        let (hasher, len) = File::open(part)
             .and_then(hash_reader)
-            .map_err(Self::io_err(&part, "hashing a download"))?;
+            .map_err(Self::io_err(part, "hashing a download"))?;
         let actual = hex::encode(hasher.finalize());
         if len != d.size || actual != d.sha256 {
             // Nothing of a bad download is kept: the next try starts afresh.
-            let _ = fs::remove_file(&part);
+            let _ = fs::remove_file(part);
             return Err(if len != d.size {
                 Error::SizeMismatch {
-                    url: d.url.clone(),
+                    url: url.to_owned(),
                     expected: d.size,
                     actual: len,
                     sha256: actual,
                 }
             } else {
                 Error::HashMismatch {
-                    url: d.url.clone(),
+                    url: url.to_owned(),
                     expected: d.sha256.clone(),
                     actual,
                 }
             });
         }
-        fs::rename(&part, &blob).map_err(Self::io_err(&blob, "publishing a download"))?;
-        Ok(blob)
+        Ok(())
     }
 
-    /// One HTTP transfer into `part`, continuing a partial file with Range.
-    fn transfer(&self, d: &Download, part: &Path, bar: &ProgressBar) -> Result<()> {
+    /// One HTTP transfer from `url` into `part`, continuing a partial file
+    /// with Range.
+    fn transfer(&self, d: &Download, url: &str, part: &Path, bar: &ProgressBar) -> Result<()> {
         let http = |message: String| Error::Http {
-            url: d.url.clone(),
+            url: url.to_owned(),
             message,
         };
         let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
@@ -340,7 +362,7 @@ impl Cache {
                 .map_err(Self::io_err(part, "removing an oversized partial download"))?;
         }
         let have = if have > d.size { 0 } else { have };
-        let mut req = self.agent.get(&d.url);
+        let mut req = self.agent.get(url);
         if have > 0 {
             req = req.header("Range", format!("bytes={have}-"));
         }
@@ -350,7 +372,7 @@ impl Cache {
             Err(ureq::Error::StatusCode(416)) => {
                 fs::remove_file(part).map_err(Self::io_err(part, "removing a partial download"))?;
                 self.agent
-                    .get(&d.url)
+                    .get(url)
                     .call()
                     .map_err(|e| http(e.to_string()))?
             }

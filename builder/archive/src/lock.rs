@@ -216,22 +216,49 @@ fn index_downloads(
                     ),
                 });
             };
-            let rel = if release.acquire_by_hash {
-                format!("dists/{suite}/{dir}/by-hash/SHA256/{sha256}")
-            } else {
-                format!("dists/{suite}/{path}")
-            };
             out.push((
                 suite.to_owned(),
-                Download {
-                    url: mirror.join(&rel),
-                    sha256: sha256.clone(),
-                    size: *size,
-                },
+                index_download(
+                    mirror,
+                    suite,
+                    &path,
+                    &format!("{dir}/by-hash/SHA256/{sha256}"),
+                    release.acquire_by_hash,
+                    sha256,
+                    *size,
+                ),
             ));
         }
     }
     Ok(out)
+}
+
+/// An index of `dists/<suite>/`: by hash where the Release offers it,
+/// with the canonical path as the fallback, else the canonical path.
+pub(crate) fn index_download(
+    mirror: &Mirror,
+    suite: &str,
+    path: &str,
+    by_hash_path: &str,
+    acquire_by_hash: bool,
+    sha256: &str,
+    size: u64,
+) -> Download {
+    let canonical = mirror.join(&format!("dists/{suite}/{path}"));
+    let (url, fallback_url) = if acquire_by_hash {
+        (
+            mirror.join(&format!("dists/{suite}/{by_hash_path}")),
+            Some(canonical),
+        )
+    } else {
+        (canonical, None)
+    };
+    Download {
+        url,
+        sha256: sha256.to_owned(),
+        size,
+        fallback_url,
+    }
 }
 
 pub(crate) fn decompress_xz(path: &Path, url: &str) -> Result<String> {
@@ -260,6 +287,7 @@ pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache) -> Result<Vec<FetchedP
             url: mirror.join(&p.filename),
             sha256: p.sha256.clone(),
             size: p.size,
+            fallback_url: None,
         })
         .collect();
     let paths = cache.fetch_all(&downloads)?;

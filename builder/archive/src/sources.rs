@@ -140,19 +140,18 @@ pub fn lock_source(
             ),
         });
     };
-    let rel = if release.acquire_by_hash {
-        format!(
-            "dists/{suite}/{}/source/by-hash/SHA256/{sha256}",
+    let download = crate::lock::index_download(
+        mirror,
+        suite,
+        &index,
+        &format!(
+            "{}/source/by-hash/SHA256/{sha256}",
             recipe.distribution.component
-        )
-    } else {
-        format!("dists/{suite}/{index}")
-    };
-    let download = Download {
-        url: mirror.join(&rel),
-        sha256: sha256.clone(),
-        size: *size,
-    };
+        ),
+        release.acquire_by_hash,
+        sha256,
+        *size,
+    );
     let path = cache.fetch_all(std::slice::from_ref(&download))?.remove(0);
     let text = decompress_xz(&path, &download.url)?;
     let source = find_source(
@@ -193,6 +192,7 @@ pub fn source_downloads(lock: &SourceLock, mirror: &Mirror) -> Vec<Download> {
             url: mirror.join(&format!("{}/{}", lock.source.directory, f.name)),
             sha256: f.sha256.clone(),
             size: f.size,
+            fallback_url: None,
         })
         .collect()
 }

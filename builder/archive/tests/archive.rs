@@ -284,6 +284,10 @@ impl Fixture {
             &format!("/dists/trixie/main/binary-amd64/by-hash/SHA256/{hash}"),
             packages_xz.clone(),
         );
+        self.server.put(
+            "/dists/trixie/main/binary-amd64/Packages.xz",
+            packages_xz.clone(),
+        );
         let release = format!(
             "Origin: Debian\nSuite: stable\nCodename: trixie\nDate: {date}\n{}Acquire-By-Hash: yes\n\
 No-Support-for-Architecture-all: Packages\nArchitectures: all amd64\nComponents: main\nSHA256:\n {hash} {} main/binary-amd64/Packages.xz\n",
@@ -617,18 +621,48 @@ fn hash_mismatch_names_url_and_both_hashes() {
 fn tampered_index_is_refused() {
     let fx = Fixture::new("index", "include = [\"tini\"]");
     let mut s = fx.server.state.lock().unwrap();
+    for (path, content) in s.files.iter_mut() {
+        if path.contains("/binary-amd64/") {
+            content.push(0);
+        }
+    }
+    drop(s);
+    let msg = fx.lock(None).unwrap_err().to_string();
+    assert!(
+        msg.contains("binary-amd64/Packages.xz") && msg.contains("size mismatch"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_dir(fx.dir.join("cache/tmp")).unwrap().count(),
+        0,
+        "no partial index is left behind"
+    );
+}
+
+/// A by-hash index with other content (a mirror in mid-sync, a stale
+/// caching proxy) gives way to the canonical path, verified the same way.
+#[test]
+fn a_stale_by_hash_index_falls_back_to_the_canonical_path() {
+    let fx = Fixture::new("stale-by-hash", "include = [\"tini\"]");
+    let mut s = fx.server.state.lock().unwrap();
     let key = s
         .files
         .keys()
         .find(|k| k.contains("by-hash"))
         .unwrap()
         .clone();
-    s.files.get_mut(&key).unwrap().push(0);
+    *s.files.get_mut(&key).unwrap() = xz("Package: stale\n\n").repeat(3);
     drop(s);
-    let msg = fx.lock(None).unwrap_err().to_string();
+    let lock = fx.lock(None).unwrap();
+    assert!(lock.packages.iter().any(|p| p.name == "tini"));
+    let requests = fx.server.requests();
+    let by_hash = requests.iter().position(|r| r.contains("/by-hash/SHA256/"));
+    let canonical = requests
+        .iter()
+        .position(|r| r.contains("/binary-amd64/Packages.xz"));
     assert!(
-        msg.contains("by-hash/SHA256") && msg.contains("size mismatch"),
-        "{msg}"
+        matches!((by_hash, canonical), (Some(b), Some(c)) if b < c),
+        "by hash first, then the canonical path: {requests:?}"
     );
 }
 
