@@ -234,6 +234,66 @@ docker network rm golden >/dev/null";
     assert_eq!(got, page, "{out}");
 }
 
+/// dockerd's network hook: with crun (the default) init serves it, so no
+/// Go start of dockerd per container; with runc dockerd's own re-exec
+/// stays. Either way the container's namespace is wired: another
+/// container fetches from its server on the default bridge.
+#[test]
+fn the_network_hook_is_inits_under_crun_and_dockerds_under_runc() {
+    if !engine_answers("the_network_hook_is_inits_under_crun_and_dockerds_under_runc") {
+        return;
+    }
+    let _image = UsmolImage::acquire();
+    let work = open_dir();
+    let dir = work.path().display().to_string();
+    tool_image(work.path());
+    let page = format!("served on the default bridge ({})\n", std::process::id());
+    std::fs::write(work.path().join("page"), &page).unwrap();
+    let script = "set -e
+docker load -q -i tool.tar >/dev/null
+for runtime in crun runc; do
+  id=$(docker run -d --runtime=$runtime -v \"$PWD:/w\" usmol-tool:latest serve 80 /w/page)
+  cp /run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/$id/config.json $runtime.json
+  ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' $id)
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    if docker run --rm usmol-tool:latest get $ip 80 / > $runtime.got; then break; fi
+    sleep 0.5
+  done
+  docker rm -f $id >/dev/null
+done";
+    let mount = vol(work.path(), &dir);
+    let out = usmol(&["-v", &mount, "-w", &dir], &["sh", "-c", script], None);
+    out.expect_code(0);
+    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
+    let dockerd_hook = |config: &str| {
+        config.split("\"/proc/").skip(1).any(|rest| {
+            rest.split_once("/exe\"")
+                .is_some_and(|(pid, _)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    let (crun, runc) = (read("crun.json"), read("runc.json"));
+    assert!(
+        crun.contains("\"libnetwork-setkey\""),
+        "crun bundle: {crun}"
+    );
+    assert!(
+        crun.contains("\"path\":\"/usr/lib/usmol/init\""),
+        "crun bundle: {crun}"
+    );
+    assert!(
+        !dockerd_hook(&crun),
+        "crun bundle still re-executes dockerd: {crun}"
+    );
+    assert!(
+        runc.contains("\"libnetwork-setkey\""),
+        "runc bundle: {runc}"
+    );
+    assert!(dockerd_hook(&runc), "runc bundle: {runc}");
+    assert!(!runc.contains("/usr/lib/usmol/init"), "runc bundle: {runc}");
+    assert_eq!(read("crun.got"), page, "{out}");
+    assert_eq!(read("runc.got"), page, "{out}");
+}
+
 #[test]
 fn the_inner_docker_api_answers_on_a_socket_outside() {
     if !engine_answers("the_inner_docker_api_answers_on_a_socket_outside") {

@@ -63,8 +63,8 @@ pub fn containerd_config() -> String {
 pub const CRUN: &str = "/usr/bin/crun";
 
 /// The dockerd command line: defaults first, user arguments last (so they
-/// win where dockerd allows repeating a flag). `crun` is the path of crun
-/// when the image has it.
+/// win where dockerd allows repeating a flag). `crun` is the path dockerd
+/// runs crun by, when the image has it.
 pub fn dockerd_args(user: &[String], crun: Option<&str>) -> Vec<String> {
     let mut args = vec![
         format!("--host=unix://{SOCKET}"),
@@ -215,8 +215,25 @@ pub fn start(user_args: &[String], env: &[(String, String)]) -> Result<Child, In
     let listening = wait_containerd(&mut containerd, CONTAINERD_TIMEOUT);
     *CONTAINERD.lock().unwrap_or_else(|e| e.into_inner()) = Some(containerd);
     listening?;
-    let crun = std::path::Path::new(CRUN).is_file().then_some(CRUN);
+    let crun = std::path::Path::new(CRUN).is_file().then(crun_entry);
     spawn("dockerd", &dockerd_args(user_args, crun), env, &log)
+}
+
+/// The path dockerd runs crun by: init's OCI runtime role
+/// ([`crate::oci`]), which spares each container a Go start of dockerd,
+/// or crun itself when the link cannot be made.
+fn crun_entry() -> &'static str {
+    let link = crate::oci::OCI_RUNTIME_LINK;
+    let _ = std::fs::remove_file(link);
+    match std::os::unix::fs::symlink(usmol_channel::INIT_PATH, link) {
+        Ok(()) => link,
+        Err(e) => {
+            crate::log(&format!(
+                "linking {link}: {e}; dockerd runs {CRUN} directly"
+            ));
+            CRUN
+        }
+    }
 }
 
 /// Waits until dockerd answers `/_ping`, fails if it exits or times out;

@@ -10,6 +10,9 @@
 //! 6. shutdown: stop dockerd, kill what is left, flush the consoles, write
 //!    the status file and `/proc/exitcode`, unmount, `reboot(POWER_OFF)`.
 //!
+//! Started under another name, the binary is the guest's OCI runtime entry
+//! or docker's network hook instead ([`oci`]).
+//!
 //! Architecture Invariant: init depends on nothing in `builder/`; its only
 //! contract with the launcher is `usmol-channel`.
 
@@ -17,6 +20,7 @@ pub mod disk;
 pub mod docker;
 pub mod mounts;
 pub mod net;
+pub mod oci;
 pub mod stdio;
 pub mod sys;
 
