@@ -291,15 +291,11 @@ impl Cache {
         for dir in [blob.parent().unwrap(), part.parent().unwrap()] {
             fs::create_dir_all(dir).map_err(Self::io_err(dir, "creating the cache"))?;
         }
-        let mut urls = std::iter::once(&d.url).chain(d.fallback_url.as_ref());
-        let mut result = self.download_from(d, urls.next().expect("one url"), &part, bar);
-        for url in urls {
-            if matches!(
-                result,
-                Err(Error::SizeMismatch { .. } | Error::HashMismatch { .. })
-            ) {
-                result = self.download_from(d, url, &part, bar);
-            }
+        let mut result = self.download_from(d, &d.url, &part, bar);
+        if let (Err(Error::SizeMismatch { .. } | Error::HashMismatch { .. }), Some(fallback)) =
+            (&result, &d.fallback_url)
+        {
+            result = self.download_from(d, fallback, &part, bar);
         }
         result?;
         fs::rename(&part, &blob).map_err(Self::io_err(&blob, "publishing a download"))?;

@@ -218,36 +218,29 @@ fn index_downloads(
             };
             out.push((
                 suite.to_owned(),
-                index_download(
-                    mirror,
-                    suite,
-                    &path,
-                    &format!("{dir}/by-hash/SHA256/{sha256}"),
-                    release.acquire_by_hash,
-                    sha256,
-                    *size,
-                ),
+                index_download(mirror, suite, &path, release.acquire_by_hash, sha256, *size),
             ));
         }
     }
     Ok(out)
 }
 
-/// An index of `dists/<suite>/`: by hash where the Release offers it,
-/// with the canonical path as the fallback, else the canonical path.
+/// An index of `dists/<suite>/` (`path` as its Release names it): from
+/// the `by-hash/SHA256/` directory beside it where the Release offers
+/// that, with the canonical path as the fallback, else the canonical path.
 pub(crate) fn index_download(
     mirror: &Mirror,
     suite: &str,
     path: &str,
-    by_hash_path: &str,
     acquire_by_hash: bool,
     sha256: &str,
     size: u64,
 ) -> Download {
     let canonical = mirror.join(&format!("dists/{suite}/{path}"));
     let (url, fallback_url) = if acquire_by_hash {
+        let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
         (
-            mirror.join(&format!("dists/{suite}/{by_hash_path}")),
+            mirror.join(&format!("dists/{suite}/{dir}/by-hash/SHA256/{sha256}")),
             Some(canonical),
         )
     } else {

@@ -305,42 +305,65 @@ mod tests {
         Recipe::parse(Path::new("r.toml"), &text).unwrap()
     }
 
-    // Parser input only, never contacted: loopback addresses stand in for
-    // mirrors.
-    const LIST: &str = "\
-# deb http://127.0.0.10/debian trixie main
-deb-src http://127.0.0.1/debian trixie main
-deb https://127.0.0.11/apt cloud-sdk-bookworm main
-deb http://127.0.0.1/debian-security trixie-security main
-deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://127.0.0.1/debian/ trixie main contrib
-deb http://127.0.0.2/debian trixie main
-";
+    /// A stand-in mirror address for parser input, never contacted:
+    /// loopback address `127.0.0.<n>` with `scheme`.
+    fn at(scheme: &str, n: u8) -> String {
+        format!("{scheme}://{}", std::net::Ipv4Addr::new(127, 0, 0, n))
+    }
 
-    const SOURCES: &str = "\
+    fn http(n: u8) -> String {
+        at("http", n)
+    }
+
+    fn list() -> String {
+        format!(
+            "\
+# deb {h10}/debian trixie main
+deb-src {h1}/debian trixie main
+deb {s11}/apt cloud-sdk-bookworm main
+deb {h1}/debian-security trixie-security main
+deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] {h1}/debian/ trixie main contrib
+deb {h2}/debian trixie main
+",
+            h1 = http(1),
+            h10 = http(10),
+            h2 = http(2),
+            s11 = at("https", 11)
+        )
+    }
+
+    fn sources() -> String {
+        format!(
+            "\
 Types: deb
-URIs: http://127.0.0.12/debian
+URIs: {h12}/debian
 Suites: trixie
 Components: main
 Enabled: no
 
 Types: deb deb-src
 # a comment inside a stanza
-URIs: http://127.0.0.1/debian http://127.0.0.3/debian
+URIs: {h1}/debian {h3}/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://127.0.0.1/debian-security
+URIs: {h1}/debian-security
 Suites: bookworm-security
 Components: main
-";
+",
+            h1 = http(1),
+            h12 = http(12),
+            h3 = http(3)
+        )
+    }
 
     #[test]
     fn one_line_format_skips_sources_comments_vendors_and_security() {
-        let entries = parse_sources_list(LIST);
+        let entries = parse_sources_list(&list());
         let first = entries.iter().find(|e| e.is_debian_archive()).unwrap();
-        assert_eq!(first.uri, "http://127.0.0.1/debian");
+        assert_eq!(first.uri, format!("{}/debian", http(1)));
         assert_eq!(first.suites, ["trixie"]);
         assert_eq!(first.components, ["main", "contrib"]);
         assert_eq!(entries.len(), 4);
@@ -348,10 +371,10 @@ Components: main
 
     #[test]
     fn deb822_format_skips_disabled_stanzas_and_security() {
-        let entries = parse_deb822_sources(SOURCES);
+        let entries = parse_deb822_sources(&sources());
         assert_eq!(entries.len(), 3, "{entries:?}");
         let first = entries.iter().find(|e| e.is_debian_archive()).unwrap();
-        assert_eq!(first.uri, "http://127.0.0.1/debian");
+        assert_eq!(first.uri, format!("{}/debian", http(1)));
         assert_eq!(first.suites, ["bookworm", "bookworm-updates"]);
         assert!(!entries[2].is_debian_archive());
     }
@@ -359,7 +382,7 @@ Components: main
     #[test]
     fn third_party_repositories_are_not_debian() {
         let vendor = AptSource {
-            uri: "https://127.0.0.11/node_20.x".into(),
+            uri: format!("{}/node_20.x", at("https", 11)),
             suites: vec!["nodistro".into()],
             components: vec!["main".into()],
         };
@@ -382,28 +405,29 @@ Components: main
 
     #[test]
     fn order_is_flag_env_recipe_apt() {
-        let dir = apt_dir(&[("sources.list.d/debian.sources", SOURCES)]);
-        let r = recipe(Some("http://127.0.0.4/debian"));
+        let dir = apt_dir(&[("sources.list.d/debian.sources", &sources())]);
+        let r = recipe(Some(format!("{}/debian", http(4)).as_str()));
         let m = resolve_mirror_from(
-            Some("http://127.0.0.5/debian/"),
-            Some("http://127.0.0.6/debian"),
+            Some(format!("{}/debian/", http(5)).as_str()),
+            Some(format!("{}/debian", http(6)).as_str()),
             &r,
             &dir,
         )
         .unwrap();
         assert_eq!(
             (m.url.as_str(), m.origin),
-            ("http://127.0.0.5/debian", MirrorOrigin::Flag)
+            (format!("{}/debian", http(5)).as_str(), MirrorOrigin::Flag)
         );
-        let m = resolve_mirror_from(None, Some("http://127.0.0.6/debian"), &r, &dir).unwrap();
+        let m = resolve_mirror_from(None, Some(format!("{}/debian", http(6)).as_str()), &r, &dir)
+            .unwrap();
         assert_eq!(m.origin, MirrorOrigin::Env);
         let m = resolve_mirror_from(None, None, &r, &dir).unwrap();
         assert_eq!(
             (m.url.as_str(), m.origin),
-            ("http://127.0.0.4/debian", MirrorOrigin::Recipe)
+            (format!("{}/debian", http(4)).as_str(), MirrorOrigin::Recipe)
         );
         let m = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap();
-        assert_eq!(m.url, "http://127.0.0.1/debian");
+        assert_eq!(m.url, format!("{}/debian", http(1)));
         assert_eq!(
             m.origin,
             MirrorOrigin::AptSources(dir.join("sources.list.d/debian.sources"))
@@ -414,10 +438,10 @@ Components: main
     #[test]
     fn disabled_files_are_ignored_and_missing_mirror_names_the_settings() {
         let dir = apt_dir(&[
-            ("sources.list.d/debian.sources.disabled", SOURCES),
+            ("sources.list.d/debian.sources.disabled", &sources()),
             (
                 "sources.list.d/vendor.list",
-                "deb https://127.0.0.11/apt cloud-sdk-bookworm main\n",
+                &format!("deb {}/apt cloud-sdk-bookworm main\n", at("https", 11)),
             ),
         ]);
         let msg = resolve_mirror_from(None, None, &recipe(None), &dir)
@@ -434,21 +458,24 @@ Components: main
     #[test]
     fn sources_list_comes_before_sources_list_d() {
         let dir = apt_dir(&[
-            ("sources.list", "deb http://127.0.0.7/debian trixie main\n"),
+            (
+                "sources.list",
+                &format!("deb {}/debian trixie main\n", http(7)),
+            ),
             (
                 "sources.list.d/a.list",
-                "deb http://127.0.0.3/debian trixie main\n",
+                &format!("deb {}/debian trixie main\n", http(3)),
             ),
         ]);
         let m = resolve_mirror_from(None, None, &recipe(None), &dir).unwrap();
-        assert_eq!(m.url, "http://127.0.0.7/debian");
+        assert_eq!(m.url, format!("{}/debian", http(7)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn non_http_mirror_is_refused() {
         let err = resolve_mirror_from(
-            Some("ftp://127.0.0.8/debian"),
+            Some(format!("{}/debian", at("ftp", 8)).as_str()),
             None,
             &recipe(None),
             Path::new("/nonexistent"),

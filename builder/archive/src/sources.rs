@@ -144,10 +144,6 @@ pub fn lock_source(
         mirror,
         suite,
         &index,
-        &format!(
-            "{}/source/by-hash/SHA256/{sha256}",
-            recipe.distribution.component
-        ),
         release.acquire_by_hash,
         sha256,
         *size,

@@ -36,17 +36,13 @@ pub enum Role {
 
 /// The role for an `argv[0]`: its file name decides.
 pub fn role(argv0: Option<&std::ffi::OsStr>) -> Role {
-    let name = argv0
-        .map(Path::new)
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str());
-    let runtime_name = Path::new(OCI_RUNTIME_LINK)
-        .file_name()
-        .and_then(|n| n.to_str());
-    match name {
-        Some(SETKEY) => Role::SetKey,
-        n if n.is_some() && n == runtime_name => Role::OciRuntime,
-        _ => Role::Init,
+    let name = argv0.map(Path::new).and_then(Path::file_name);
+    if name == Some(std::ffi::OsStr::new(SETKEY)) {
+        Role::SetKey
+    } else if name.is_some() && name == Path::new(OCI_RUNTIME_LINK).file_name() {
+        Role::OciRuntime
+    } else {
+        Role::Init
     }
 }
 
@@ -135,7 +131,10 @@ fn rewrite_bundle(bundle: &Path) -> Result<usize, String> {
         let bytes = serde_json::to_vec(&config).map_err(|e| format!("encoding config: {e}"))?;
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("writing {}: {e}", path.display())
+            })?;
     }
     Ok(changed)
 }
