@@ -2,7 +2,8 @@
 //! images (no registry is reachable):
 //! - `hello`: a libc-free hello-world (image `hello-world:latest`);
 //! - `tool`: a multi-call file helper (image `usmol-tool:latest`);
-//! - `hostfs_probe`: tries to leave hostfs's confinement from the guest.
+//! - `hostfs_probe`: tries to leave hostfs's confinement from the guest;
+//! - `prefault_probe`: which pages of a fresh mapping a few writes bring in.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +30,15 @@ fn main() {
     println!(
         "cargo::rustc-env=USMOL_TEST_HOSTFS_PROBE_BIN={}",
         probe.display()
+    );
+    let prefault = compile(
+        "fixtures/prefault_probe.c",
+        &["-Wall", "-Werror"],
+        &out_dir.join("prefault_probe"),
+    );
+    println!(
+        "cargo::rustc-env=USMOL_TEST_PREFAULT_PROBE_BIN={}",
+        prefault.display()
     );
 }
 

@@ -19,6 +19,12 @@ pub fn hostfs_probe_binary() -> &'static Path {
     Path::new(env!("USMOL_TEST_HOSTFS_PROBE_BIN"))
 }
 
+/// The static program that reports which pages of a fresh mapping a few
+/// writes made resident (`tests/fixtures/prefault_probe.c`).
+pub fn prefault_probe_binary() -> &'static Path {
+    Path::new(env!("USMOL_TEST_PREFAULT_PROBE_BIN"))
+}
+
 /// The one switch for slow tests (kernel builds, boots, registries).
 /// Returns false, after saying so, when they are not asked for.
 pub fn slow_tests_enabled(test: &str) -> bool {
