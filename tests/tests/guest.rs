@@ -85,9 +85,9 @@ fn docker_uses_overlay2_on_the_ext4_disk() {
 }
 
 /// Kernel patch 0005: a write fault right after a mapped page also faults
-/// in the 16 pages that follow, in private memory only; a lone write, reads
-/// and shared memory get one page per fault, as before. Every page reads
-/// back what was written, or zeros.
+/// in the 16 pages that follow, in private memory only; a lone write, reads,
+/// shared memory and a cgroup near its memory.max get one page per fault,
+/// as before. Every page reads back what was written, or zeros.
 #[test]
 fn a_sequential_write_fault_brings_in_the_pages_after_it() {
     if !slow_tests_enabled("a_sequential_write_fault_brings_in_the_pages_after_it") {
@@ -125,4 +125,9 @@ fn a_sequential_write_fault_brings_in_the_pages_after_it() {
     assert_eq!(case("private-single-write"), (1, 64), "{report}");
     assert_eq!(case("private-sequential-read"), (2, 64), "{report}");
     assert_eq!(case("shared-sequential-write"), (2, 64), "{report}");
+    assert_eq!(
+        case("cgroup-near-its-limit-sequential-write"),
+        (2, 64),
+        "{report}"
+    );
 }
