@@ -2,9 +2,12 @@
 //! netfilter backends with NAT, overlayfs on the ext4 docker disk, and
 //! page faults that bring in the pages after a sequential write.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
 
+use std::process::Command;
+use std::time::Duration;
+
+use common::run;
 use usmol_tests::{prefault_probe_binary, slow_tests_enabled, usmol_out};
 
 /// Runs `sh -c script` in a guest booted from `out/usmol`; returns stdout.
@@ -93,41 +96,32 @@ fn a_sequential_write_fault_brings_in_the_pages_after_it() {
     if !slow_tests_enabled("a_sequential_write_fault_brings_in_the_pages_after_it") {
         return;
     }
-    let run = usmol_out().join("usmol/run");
     let probe = std::fs::read(prefault_probe_binary()).unwrap();
-    let mut child = Command::new(&run)
-        .args(["sh", "-c", "cat > /tmp/p && chmod +x /tmp/p && exec /tmp/p"])
-        .env("USMOL_DOCKER", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", run.display()));
-    child.stdin.take().unwrap().write_all(&probe).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = format!(
-        "{}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let out = run(
+        Command::new(usmol_out().join("usmol/run"))
+            .args(["sh", "-c", "cat > /tmp/p && chmod +x /tmp/p && exec /tmp/p"])
+            .env("USMOL_DOCKER", "0"),
+        &probe,
+        Duration::from_secs(120),
     );
-    assert!(out.status.success(), "{report}");
+    out.expect_code(0);
+    let stdout = out.stdout_text();
     let case = |name: &str| -> (u32, u32) {
         let line = stdout
             .lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no line for {name}: {report}"));
+            .unwrap_or_else(|| panic!("no line for {name}\n{out}"));
         let mut numbers = line.split(' ').map(|n| n.parse::<u32>().unwrap());
         (numbers.next().unwrap(), numbers.next().unwrap())
     };
     // (resident pages of 64, pages reading as written)
-    assert_eq!(case("private-sequential-write"), (2 + 16, 64), "{report}");
-    assert_eq!(case("private-single-write"), (1, 64), "{report}");
-    assert_eq!(case("private-sequential-read"), (2, 64), "{report}");
-    assert_eq!(case("shared-sequential-write"), (2, 64), "{report}");
+    assert_eq!(case("private-sequential-write"), (2 + 16, 64), "{out}");
+    assert_eq!(case("private-single-write"), (1, 64), "{out}");
+    assert_eq!(case("private-sequential-read"), (2, 64), "{out}");
+    assert_eq!(case("shared-sequential-write"), (2, 64), "{out}");
     assert_eq!(
         case("cgroup-near-its-limit-sequential-write"),
         (2, 64),
-        "{report}"
+        "{out}"
     );
 }
