@@ -3,7 +3,8 @@
 //! - `hello`: a libc-free hello-world (image `hello-world:latest`);
 //! - `tool`: a multi-call file helper (image `usmol-tool:latest`);
 //! - `hostfs_probe`: tries to leave hostfs's confinement from the guest;
-//! - `prefault_probe`: which pages of a fresh mapping a few writes bring in.
+//! - `prefault_probe`: which pages of a fresh mapping a few writes bring in;
+//! - `clock_probe`: what the vDSO's clocks read, and whether they trap.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +40,15 @@ fn main() {
     println!(
         "cargo::rustc-env=USMOL_TEST_PREFAULT_PROBE_BIN={}",
         prefault.display()
+    );
+    let clock = compile(
+        "fixtures/clock_probe.c",
+        &["-Wall", "-Werror"],
+        &out_dir.join("clock_probe"),
+    );
+    println!(
+        "cargo::rustc-env=USMOL_TEST_CLOCK_PROBE_BIN={}",
+        clock.display()
     );
 }
 

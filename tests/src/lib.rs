@@ -25,6 +25,12 @@ pub fn prefault_probe_binary() -> &'static Path {
     Path::new(env!("USMOL_TEST_PREFAULT_PROBE_BIN"))
 }
 
+/// The static program that checks the vDSO's clocks in the guest
+/// (`tests/fixtures/clock_probe.c`).
+pub fn clock_probe_binary() -> &'static Path {
+    Path::new(env!("USMOL_TEST_CLOCK_PROBE_BIN"))
+}
+
 /// The one switch for slow tests (kernel builds, boots, registries).
 /// Returns false, after saying so, when they are not asked for.
 pub fn slow_tests_enabled(test: &str) -> bool {

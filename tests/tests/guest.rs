@@ -1,6 +1,7 @@
 //! What the guest kernel offers dockerd: cgroup2 controllers, both
-//! netfilter backends with NAT, overlayfs on the ext4 docker disk, and
-//! page faults that bring in the pages after a sequential write.
+//! netfilter backends with NAT, overlayfs on the ext4 docker disk, page
+//! faults that bring in the pages after a sequential write, and vDSO clocks
+//! that do not trap.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::run;
-use usmol_tests::{prefault_probe_binary, slow_tests_enabled, usmol_out};
+use usmol_tests::{clock_probe_binary, prefault_probe_binary, slow_tests_enabled, usmol_out};
 
 /// Runs `sh -c script` in a guest booted from `out/usmol`; returns stdout.
 fn guest(script: &str, docker: bool) -> String {
@@ -124,4 +125,72 @@ fn a_sequential_write_fault_brings_in_the_pages_after_it() {
         (2, 64),
         "{out}"
     );
+}
+
+/// Runs the clock probe in a guest in the given stub mode and returns its
+/// results by check name.
+fn clock_probe(seccomp: &str) -> Vec<(String, String)> {
+    let probe = std::fs::read(clock_probe_binary()).unwrap();
+    let out = run(
+        Command::new(usmol_out().join("usmol/run"))
+            .args(["sh", "-c", "cat > /tmp/p && chmod +x /tmp/p && exec /tmp/p"])
+            .env("USMOL_DOCKER", "0")
+            .env("USMOL_SECCOMP", seccomp),
+        &probe,
+        Duration::from_secs(120),
+    );
+    out.expect_code(0);
+    out.stdout_text()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(check, result)| (check.to_owned(), result.to_owned()))
+        .collect()
+}
+
+/// Kernel patch 0006: the vDSO's clocks agree with the system calls, follow
+/// clock_settime and time namespaces, and in seccomp mode read the host
+/// clock without a system call, so they keep working when a seccomp filter
+/// forbids the clock calls. In ptrace mode they fall back to the system
+/// call, and the filter applies to them too.
+#[test]
+fn vdso_clocks_read_the_host_clock_without_a_system_call() {
+    if !slow_tests_enabled("vdso_clocks_read_the_host_clock_without_a_system_call") {
+        return;
+    }
+    let agreeing = [
+        "order-monotonic",
+        "order-realtime",
+        "order-boottime",
+        "order-monotonic-raw",
+        "settime-clock_gettime",
+        "settime-gettimeofday",
+        "settime-time",
+        "timens-offset",
+        "timens-order-monotonic",
+    ];
+    let forbidden = [
+        "forbidden-monotonic",
+        "forbidden-realtime",
+        "forbidden-gettimeofday",
+    ];
+    let eperm = "Operation not permitted";
+    for (mode, vdso_result) in [("on", "ok"), ("off", eperm)] {
+        let results = clock_probe(mode);
+        let result = |check: &str| -> &str {
+            results
+                .iter()
+                .find(|(c, _)| c == check)
+                .map(|(_, r)| r.as_str())
+                .unwrap_or_else(|| panic!("seccomp={mode}: no result for {check}: {results:?}"))
+        };
+        assert_eq!(result("vdso"), "mapped", "seccomp={mode}");
+        for check in agreeing {
+            assert_eq!(result(check), "ok", "seccomp={mode}: {check}");
+        }
+        // The filter works: a CPU-time clock always takes the system call.
+        assert_eq!(result("forbidden-cputime"), eperm, "seccomp={mode}");
+        for check in forbidden {
+            assert_eq!(result(check), vdso_result, "seccomp={mode}: {check}");
+        }
+    }
 }
