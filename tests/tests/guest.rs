@@ -1,14 +1,14 @@
 //! What the guest kernel offers dockerd: cgroup2 controllers, both
 //! netfilter backends with NAT, overlayfs on the ext4 docker disk, page
-//! faults that bring in the pages after a sequential write, and vDSO clocks
-//! that do not trap.
+//! faults that bring in the pages after a sequential write, vDSO clocks
+//! that do not trap, and the daemons' coarse timer slack.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::run;
+use common::{run, tool_image};
 use usmol_tests::{clock_probe_binary, prefault_probe_binary, slow_tests_enabled, usmol_out};
 
 /// Runs `sh -c script` in a guest booted from `out/usmol`; returns stdout.
@@ -193,4 +193,44 @@ fn vdso_clocks_read_the_host_clock_without_a_system_call() {
             assert_eq!(result(check), vdso_result, "seccomp={mode}: {check}");
         }
     }
+}
+
+/// containerd and dockerd run with a 1 ms timer slack (their Go sysmon
+/// threads poll with 20 us sleeps); a container and a `docker exec` get
+/// Linux's default 50 us back from init's OCI runtime role.
+#[test]
+fn the_daemons_sleep_coarsely_and_containers_as_on_any_host() {
+    if !slow_tests_enabled("the_daemons_sleep_coarsely_and_containers_as_on_any_host") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let archive = std::fs::read(tool_image(work.path())).unwrap();
+    let script = "set -e
+docker load -q >/dev/null
+for d in containerd dockerd; do echo \"$d $(cat /proc/$(pidof $d)/timerslack_ns)\"; done
+echo \"container $(docker run --rm usmol-tool:latest cat /proc/self/timerslack_ns)\"
+id=$(docker run -d usmol-tool:latest serve 8080 /tool)
+echo \"exec $(docker exec $id /tool cat /proc/self/timerslack_ns)\"
+docker rm -f $id >/dev/null
+echo \"shell $(cat /proc/self/timerslack_ns)\"";
+    let out = run(
+        Command::new(usmol_out().join("usmol/run"))
+            .args(["sh", "-c", script])
+            .env("USMOL_DOCKER", "1"),
+        &archive,
+        Duration::from_secs(180),
+    );
+    out.expect_code(0);
+    let stdout = out.stdout_text();
+    let slack = |who: &str| -> &str {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(who).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no line for {who}\n{out}"))
+    };
+    assert_eq!(slack("containerd"), "1000000", "{out}");
+    assert_eq!(slack("dockerd"), "1000000", "{out}");
+    assert_eq!(slack("container"), "50000", "{out}");
+    assert_eq!(slack("exec"), "50000", "docker exec: {out}");
+    assert_eq!(slack("shell"), "50000", "the command itself: {out}");
 }

@@ -12,7 +12,7 @@
 //! crun with its arguments unchanged. Hooks of any other shape are left as
 //! they are, so an unexpected dockerd keeps working, only slower.
 
-use crate::docker::CRUN;
+use crate::docker::{CONTAINER_TIMER_SLACK_NS, CRUN};
 use serde_json::Value;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -157,6 +157,10 @@ pub fn runtime_main() -> ! {
             );
         }
     }
+    // The daemons above run with a coarse timer slack; the container and
+    // everything crun starts get Linux's default.
+    // SAFETY: prctl(2) on this process.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, CONTAINER_TIMER_SLACK_NS) };
     let err = std::process::Command::new(CRUN)
         .arg0(CRUN)
         .args(&args)
