@@ -11,44 +11,30 @@ use std::process::Command;
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    let hello = compile(
-        "fixtures/hello.c",
+    let fixture = |name: &str, flags: &[&str], env: &str| {
+        let bin = compile(&format!("fixtures/{name}.c"), flags, &out_dir.join(name));
+        println!("cargo::rustc-env={env}={}", bin.display());
+    };
+    fixture(
+        "hello",
         &["-nostdlib", "-fno-pie", "-no-pie"],
-        &out_dir.join("hello"),
+        "USMOL_TEST_HELLO_BIN",
     );
-    println!("cargo::rustc-env=USMOL_TEST_HELLO_BIN={}", hello.display());
-    let tool = compile(
-        "fixtures/tool.c",
-        &["-Wall", "-Werror"],
-        &out_dir.join("tool"),
-    );
-    println!("cargo::rustc-env=USMOL_TEST_TOOL_BIN={}", tool.display());
-    let probe = compile(
-        "fixtures/hostfs_probe.c",
+    fixture("tool", &["-Wall", "-Werror"], "USMOL_TEST_TOOL_BIN");
+    fixture(
+        "hostfs_probe",
         &["-Wall", "-Werror", "-D_GNU_SOURCE"],
-        &out_dir.join("hostfs_probe"),
+        "USMOL_TEST_HOSTFS_PROBE_BIN",
     );
-    println!(
-        "cargo::rustc-env=USMOL_TEST_HOSTFS_PROBE_BIN={}",
-        probe.display()
-    );
-    let prefault = compile(
-        "fixtures/prefault_probe.c",
+    fixture(
+        "prefault_probe",
         &["-Wall", "-Werror"],
-        &out_dir.join("prefault_probe"),
+        "USMOL_TEST_PREFAULT_PROBE_BIN",
     );
-    println!(
-        "cargo::rustc-env=USMOL_TEST_PREFAULT_PROBE_BIN={}",
-        prefault.display()
-    );
-    let clock = compile(
-        "fixtures/clock_probe.c",
+    fixture(
+        "clock_probe",
         &["-Wall", "-Werror"],
-        &out_dir.join("clock_probe"),
-    );
-    println!(
-        "cargo::rustc-env=USMOL_TEST_CLOCK_PROBE_BIN={}",
-        clock.display()
+        "USMOL_TEST_CLOCK_PROBE_BIN",
     );
 }
 

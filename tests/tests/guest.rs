@@ -88,6 +88,26 @@ fn docker_uses_overlay2_on_the_ext4_disk() {
     );
 }
 
+/// Runs a static probe program, piped in on stdin, in a guest without
+/// dockerd; `env` adds launcher knobs.
+fn run_probe(probe: &std::path::Path, env: &[(&str, &str)]) -> common::Outcome {
+    let binary = std::fs::read(probe).unwrap_or_else(|e| panic!("{}: {e}", probe.display()));
+    let mut cmd = Command::new(usmol_out().join("usmol/run"));
+    cmd.args(["sh", "-c", "cat > /tmp/p && chmod +x /tmp/p && exec /tmp/p"])
+        .env("USMOL_DOCKER", "0")
+        .envs(env.iter().copied());
+    let out = run(&mut cmd, &binary, Duration::from_secs(120));
+    out.expect_code(0);
+    out
+}
+
+/// The rest of the line of `stdout` that starts with `name` and a space.
+fn line_after<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+}
+
 /// Kernel patch 0005: a write fault right after a mapped page also faults
 /// in the 16 pages that follow, in private memory only; a lone write, reads,
 /// shared memory and a cgroup near its memory.max get one page per fault,
@@ -97,21 +117,10 @@ fn a_sequential_write_fault_brings_in_the_pages_after_it() {
     if !slow_tests_enabled("a_sequential_write_fault_brings_in_the_pages_after_it") {
         return;
     }
-    let probe = std::fs::read(prefault_probe_binary()).unwrap();
-    let out = run(
-        Command::new(usmol_out().join("usmol/run"))
-            .args(["sh", "-c", "cat > /tmp/p && chmod +x /tmp/p && exec /tmp/p"])
-            .env("USMOL_DOCKER", "0"),
-        &probe,
-        Duration::from_secs(120),
-    );
-    out.expect_code(0);
+    let out = run_probe(prefault_probe_binary(), &[]);
     let stdout = out.stdout_text();
     let case = |name: &str| -> (u32, u32) {
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no line for {name}\n{out}"));
+        let line = line_after(&stdout, name).unwrap_or_else(|| panic!("no line for {name}\n{out}"));
         let mut numbers = line.split(' ').map(|n| n.parse::<u32>().unwrap());
         (numbers.next().unwrap(), numbers.next().unwrap())
     };
@@ -125,26 +134,6 @@ fn a_sequential_write_fault_brings_in_the_pages_after_it() {
         (2, 64),
         "{out}"
     );
-}
-
-/// Runs the clock probe in a guest in the given stub mode and returns its
-/// results by check name.
-fn clock_probe(seccomp: &str) -> Vec<(String, String)> {
-    let probe = std::fs::read(clock_probe_binary()).unwrap();
-    let out = run(
-        Command::new(usmol_out().join("usmol/run"))
-            .args(["sh", "-c", "cat > /tmp/p && chmod +x /tmp/p && exec /tmp/p"])
-            .env("USMOL_DOCKER", "0")
-            .env("USMOL_SECCOMP", seccomp),
-        &probe,
-        Duration::from_secs(120),
-    );
-    out.expect_code(0);
-    out.stdout_text()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(check, result)| (check.to_owned(), result.to_owned()))
-        .collect()
 }
 
 /// Kernel patch 0006: the vDSO's clocks agree with the system calls, follow
@@ -175,13 +164,11 @@ fn vdso_clocks_read_the_host_clock_without_a_system_call() {
     ];
     let eperm = "Operation not permitted";
     for (mode, vdso_result) in [("on", "ok"), ("off", eperm)] {
-        let results = clock_probe(mode);
+        let out = run_probe(clock_probe_binary(), &[("USMOL_SECCOMP", mode)]);
+        let stdout = out.stdout_text();
         let result = |check: &str| -> &str {
-            results
-                .iter()
-                .find(|(c, _)| c == check)
-                .map(|(_, r)| r.as_str())
-                .unwrap_or_else(|| panic!("seccomp={mode}: no result for {check}: {results:?}"))
+            line_after(&stdout, check)
+                .unwrap_or_else(|| panic!("seccomp={mode}: no result for {check}\n{out}"))
         };
         assert_eq!(result("vdso"), "mapped", "seccomp={mode}");
         for check in agreeing {
@@ -223,10 +210,7 @@ echo \"shell $(cat /proc/self/timerslack_ns)\"";
     out.expect_code(0);
     let stdout = out.stdout_text();
     let slack = |who: &str| -> &str {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(who).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no line for {who}\n{out}"))
+        line_after(&stdout, who).unwrap_or_else(|| panic!("no line for {who}\n{out}"))
     };
     assert_eq!(slack("containerd"), "1000000", "{out}");
     assert_eq!(slack("dockerd"), "1000000", "{out}");
