@@ -6,11 +6,17 @@
 //! truncated transfer never leaves a trusted entry. A leftover `.part` is
 //! resumed with an HTTP Range request. Blobs are rehashed on use, so a
 //! corrupted entry is noticed and fetched again.
+//!
+//! Several builds may share one cache: a download holds an exclusive lock
+//! on `<cache>/tmp/<hex>.lock` while it writes the `.part`, so a second
+//! fetch of the same blob waits and then finds it published.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -166,7 +172,13 @@ impl Cache {
         if path.exists() {
             return Ok(path);
         }
-        let tmp = self.tmp_path(&format!("{sha}.store.{}", std::process::id()));
+        // Unique per call: two threads may store the same bytes at once.
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.tmp_path(&format!(
+            "{sha}.store.{}.{}",
+            std::process::id(),
+            STORES.fetch_add(1, Ordering::Relaxed)
+        ));
         let mk = |p: &Path| fs::create_dir_all(p.parent().unwrap());
         mk(&tmp)
             .and_then(|_| mk(&path))
@@ -291,6 +303,12 @@ impl Cache {
         for dir in [blob.parent().unwrap(), part.parent().unwrap()] {
             fs::create_dir_all(dir).map_err(Self::io_err(dir, "creating the cache"))?;
         }
+        let _lock = DownloadLock::acquire(&self.tmp_path(&format!("{}.lock", d.sha256)))?;
+        // Whoever held the lock before may have published it meanwhile.
+        if let Some(hit) = self.lookup(&d.sha256, d.size)? {
+            bar.inc(d.size);
+            return Ok(hit);
+        }
         let mut result = self.download_from(d, &d.url, &part, bar);
         if let (Err(Error::SizeMismatch { .. } | Error::HashMismatch { .. }), Some(fallback)) =
             (&result, &d.fallback_url)
@@ -401,6 +419,49 @@ impl Cache {
         file.sync_all()
             .map_err(Self::io_err(part, "writing a download"))?;
         Ok(())
+    }
+}
+
+/// An exclusive lock on one blob's download: an `flock` on its lock file,
+/// which is removed before the lock is released, so the cache's `tmp` is
+/// left empty.
+struct DownloadLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl DownloadLock {
+    fn acquire(path: &Path) -> Result<Self> {
+        let err = |stage| Cache::io_err(path, stage);
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(err("opening a download lock"))?;
+            file.lock().map_err(err("locking a download"))?;
+            // A holder removes the file before unlocking it: a lock taken on
+            // a removed file guards nothing, so take the current one.
+            let held = file.metadata().map_err(err("locking a download"))?;
+            match fs::metadata(path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(DownloadLock {
+                        path: path.to_owned(),
+                        _file: file,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err("locking a download")(e)),
+            }
+        }
+    }
+}
+
+impl Drop for DownloadLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgp::composed::{
@@ -25,6 +26,8 @@ struct ServerState {
     /// Path -> bytes actually sent before the connection is dropped (the
     /// headers still announce the full length).
     cut_after: HashMap<String, usize>,
+    /// Path -> a pause halfway through the body.
+    stall: HashMap<String, Duration>,
     ignore_range: bool,
     /// Every request as "GET path [range]".
     log: Vec<String>,
@@ -90,7 +93,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         .unwrap_or("/")
         .trim_start_matches("/debian")
         .to_owned();
-    let (body, cut, ignore_range) = {
+    let (body, cut, stall, ignore_range) = {
         let mut s = state.lock().unwrap();
         s.log.push(format!(
             "GET {path}{}",
@@ -101,6 +104,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         (
             s.files.get(&path).cloned(),
             s.cut_after.get(&path).copied(),
+            s.stall.get(&path).copied(),
             s.ignore_range,
         )
     };
@@ -134,7 +138,14 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         part.len()
     );
     let send = cut.map_or(part.len(), |c| c.saturating_sub(start).min(part.len()));
-    let _ = stream.write_all(&part[..send]);
+    if let Some(pause) = stall {
+        let _ = stream.write_all(&part[..send / 2]);
+        let _ = stream.flush();
+        std::thread::sleep(pause);
+        let _ = stream.write_all(&part[send / 2..send]);
+    } else {
+        let _ = stream.write_all(&part[..send]);
+    }
     let _ = stream.flush();
 }
 
@@ -573,6 +584,44 @@ fn truncated_download_is_an_error_and_not_cached() {
     let fetched = fetch(&lock, &fx.mirror(), &fx.cache()).unwrap();
     assert_eq!(std::fs::read(&fetched[0].path).unwrap(), full);
     assert_eq!(fx.server.requests(), [format!("GET {file} from 100")]);
+}
+
+/// Two builds sharing one cache fetch the same package at once: one
+/// downloads it, the other waits for that download and finds the blob,
+/// instead of writing into the same partial file.
+#[test]
+fn two_fetches_of_one_blob_share_the_download() {
+    let fx = Fixture::new("shared", "include = [\"gcc-14-base\"]");
+    let lock = fx.lock(None).unwrap();
+    let file = format!("/{}", lock.packages[0].filename);
+    fx.server
+        .state
+        .lock()
+        .unwrap()
+        .stall
+        .insert(file.clone(), Duration::from_millis(300));
+    fx.server.clear_log();
+    let (mirror, first_cache, second_cache) = (fx.mirror(), fx.cache(), fx.cache());
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| fetch(&lock, &mirror, &first_cache));
+        // The second starts while the first transfer is under way.
+        while fx.server.requests().is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let second = s.spawn(|| fetch(&lock, &mirror, &second_cache));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second);
+    assert_eq!(
+        std::fs::read(&first[0].path).unwrap(),
+        fx.debs[&lock.packages[0].filename]
+    );
+    assert_eq!(fx.server.requests(), [format!("GET {file}")]);
+    assert_eq!(
+        std::fs::read_dir(fx.dir.join("cache/tmp")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
