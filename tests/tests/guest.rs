@@ -1,12 +1,15 @@
 //! What the guest kernel offers dockerd: cgroup2 controllers, both
 //! netfilter backends with NAT, overlayfs on the ext4 docker disk, page
 //! faults that bring in the pages after a sequential write, vDSO clocks
-//! that do not trap, and the daemons' coarse timer slack.
+//! that do not trap, stub processes started ahead, and the daemons' coarse
+//! timer slack.
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::{run, tool_image};
 use usmol_tests::{clock_probe_binary, prefault_probe_binary, slow_tests_enabled, usmol_out};
@@ -218,3 +221,167 @@ echo \"shell $(cat /proc/self/timerslack_ns)\"";
     assert_eq!(slack("exec"), "50000", "docker exec: {out}");
     assert_eq!(slack("shell"), "50000", "the command itself: {out}");
 }
+
+/// A host process that runs a guest address space: a child of the kernel
+/// process, which is a child of the launcher.
+#[derive(Debug)]
+struct Stub {
+    pid: i32,
+    zombie: bool,
+    /// Started ahead and not yet given an address space: it still maps
+    /// the stub executable, which taking it unmaps.
+    ready: bool,
+}
+
+/// `(state, ppid, comm)` of a host process, if it still exists.
+fn proc_stat(pid: i32) -> Option<(char, i32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    let mut fields = tail.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid, comm))
+}
+
+fn stubs_below(launcher: i32) -> Vec<Stub> {
+    let all: Vec<(i32, char, i32, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| proc_stat(pid).map(|(state, ppid, comm)| (pid, state, ppid, comm)))
+        .collect();
+    let kernels: Vec<i32> = all
+        .iter()
+        .filter(|p| p.2 == launcher)
+        .map(|p| p.0)
+        .collect();
+    all.iter()
+        .filter(|p| p.3 == "uml-userspace" && kernels.contains(&p.2))
+        .map(|p| Stub {
+            pid: p.0,
+            zombie: p.1 == 'Z',
+            ready: std::fs::read_to_string(format!("/proc/{}/maps", p.0))
+                .is_ok_and(|maps| maps.contains("memfd:uml-userspace")),
+        })
+        .collect()
+}
+
+/// Kernel patch 0007: a new guest address space takes a stub process the
+/// kernel started ahead. At rest, four wait beside one per guest address
+/// space; stubs of address spaces that ended are reaped, not left as
+/// zombies; and stubs held ready can die (here killed from the host)
+/// without harming the guest, which starts others in their place.
+#[test]
+fn stubs_held_ready_may_die_and_the_guest_goes_on() {
+    if !slow_tests_enabled("stubs_held_ready_may_die_and_the_guest_goes_on") {
+        return;
+    }
+    const READY: usize = 4;
+    let script = "spaces() { n=0; for p in /proc/[0-9]*; do [ -e $p/exe ] && n=$((n+1)); done; echo \"spaces $n\"; }
+spaces; read go
+for i in $(seq 50); do /bin/true || echo \"true failed\"; done; echo ran
+spaces; read done";
+    let mut child = Command::new(usmol_out().join("usmol/run"))
+        .args(["sh", "-c", script])
+        .env("USMOL_DOCKER", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the launcher");
+    let launcher = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next_line = |child: &mut std::process::Child| -> String {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                seen.push(line.clone());
+                line
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the guest stopped talking; it printed {seen:?}");
+            }
+        }
+    };
+    // The pool refills and the SIGCHLD handler reaps after the fact: wait
+    // for both to settle, then check the count.
+    let at_rest = |spaces: usize| -> Vec<Stub> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stubs = stubs_below(launcher);
+            let ready = stubs.iter().filter(|s| s.ready).count();
+            let zombies = stubs.iter().filter(|s| s.zombie).count();
+            if (ready == READY && zombies == 0 && stubs.len() == spaces + READY)
+                || Instant::now() > deadline
+            {
+                return stubs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let spaces = |line: String| -> usize {
+        line.strip_prefix("spaces ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("expected `spaces N`, got {line:?}"))
+    };
+
+    let before = spaces(next_line(&mut child));
+    let stubs = at_rest(before);
+    let ready: Vec<i32> = stubs.iter().filter(|s| s.ready).map(|s| s.pid).collect();
+    assert_eq!(ready.len(), READY, "stubs held ready: {stubs:?}");
+    assert_eq!(
+        stubs.len(),
+        before + READY,
+        "{before} guest address spaces: {stubs:?}"
+    );
+    for pid in &ready {
+        // SAFETY: kill(2) on a pid read from /proc just now.
+        assert_eq!(
+            unsafe { libc::kill(*pid, libc::SIGKILL) },
+            0,
+            "kill -KILL {pid}"
+        );
+    }
+    // Dead, that is: a stub in the middle of dying is as good as any
+    // until it is gone, in the pool as in use.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready
+        .iter()
+        .any(|pid| proc_stat(*pid).is_some_and(|(state, _, _)| state != 'Z'))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "killed stubs still run: {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    stdin.write_all(b"go\n").unwrap();
+    assert_eq!(next_line(&mut child), "ran");
+    let after = spaces(next_line(&mut child));
+    let stubs = at_rest(after);
+    assert!(
+        stubs.iter().all(|s| !ready.contains(&s.pid)),
+        "killed stubs were not reaped: {stubs:?}"
+    );
+    assert_eq!(stubs.iter().filter(|s| s.zombie).count(), 0, "{stubs:?}");
+    assert_eq!(stubs.iter().filter(|s| s.ready).count(), READY, "{stubs:?}");
+    assert_eq!(
+        stubs.len(),
+        after + READY,
+        "{after} guest address spaces: {stubs:?}"
+    );
+
+    stdin.write_all(b"done\n").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}; the guest printed {seen:?}");
+}
+
