@@ -1,8 +1,9 @@
 //! What the guest kernel offers dockerd: cgroup2 controllers, both
 //! netfilter backends with NAT, overlayfs on the ext4 docker disk, page
 //! faults that bring in the pages after a sequential write, vDSO clocks
-//! that do not trap, stub processes started ahead, and the daemons' coarse
-//! timer slack.
+//! that do not trap, stub processes started ahead, a one-CPU kernel that
+//! leaves the host's signal mask alone, and the daemons' coarse timer
+//! slack.
 
 mod common;
 
@@ -385,3 +386,65 @@ spaces; read done";
     assert!(status.success(), "{status}; the guest printed {seen:?}");
 }
 
+/// The kernel process below a launcher: its child named `linux`.
+fn kernel_below(launcher: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            proc_stat(*pid).is_some_and(|(_, ppid, comm)| ppid == launcher && comm == "linux")
+        })
+}
+
+/// Kernel patch 0008: with interrupts off, an SMP kernel blocks the IPI
+/// signal in the host, a system call per interrupt disable and enable.
+/// A one-CPU kernel never gets an IPI and leaves the host's mask alone:
+/// its CPU thread idles (interrupts off) with the IPI signal unblocked,
+/// where a two-CPU kernel's has it blocked.
+#[test]
+fn a_one_cpu_kernel_leaves_the_host_signal_mask_alone() {
+    if !slow_tests_enabled("a_one_cpu_kernel_leaves_the_host_signal_mask_alone") {
+        return;
+    }
+    let ipi_bit = 1u64 << (libc::SIGRTMIN() - 1);
+    for cpus in ["1", "2"] {
+        let mut child = Command::new(usmol_out().join("usmol/run"))
+            .args(["sh", "-c", "echo up; read done"])
+            .env("USMOL_DOCKER", "0")
+            .env("USMOL_CPUS", cpus)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the launcher");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "up", "USMOL_CPUS={cpus}");
+        let kernel = kernel_below(child.id() as i32).expect("the kernel process");
+        // The boot CPU runs on the kernel's main thread; the guest idles
+        // in `read`, so most samples catch it in the idle loop.
+        let samples: Vec<u64> = (0..50)
+            .filter_map(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                let status = std::fs::read_to_string(format!("/proc/{kernel}/status")).ok()?;
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .collect();
+        child.stdin.take().unwrap().write_all(b"done\n").unwrap();
+        assert!(child.wait().unwrap().success(), "USMOL_CPUS={cpus}");
+        assert_eq!(samples.len(), 50, "USMOL_CPUS={cpus}: SigBlk of {kernel}");
+        let blocked = samples.iter().filter(|m| *m & ipi_bit != 0).count();
+        if cpus == "1" {
+            assert_eq!(
+                blocked, 0,
+                "one CPU: the IPI signal was blocked in {blocked} of 50 samples"
+            );
+        } else {
+            assert!(
+                blocked > 0,
+                "two CPUs: the IPI signal was never seen blocked; the test cannot tell"
+            );
+        }
+    }
+}
