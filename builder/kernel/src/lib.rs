@@ -150,10 +150,11 @@ pub fn build_with(
 
     let tmp_root = cache_dir.join("kernel").join("tmp");
     std::fs::create_dir_all(&tmp_root).map_err(Error::io("kernel cache", &tmp_root))?;
-    remove_stale(&tmp_root, &key);
+    remove_stale(&tmp_root);
     let work = tmp_root.join(format!("{key}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(Error::io("kernel cache", &work))?;
+    let _in_use = lock_work_dir(&work)?;
     let staged = work.join("entry");
     std::fs::create_dir_all(&staged).map_err(Error::io("kernel cache", &staged))?;
     let tree = work.join("linux");
@@ -176,17 +177,40 @@ pub fn build_with(
     Ok(artifact(false))
 }
 
-/// Removes leftovers of earlier builds of `key` whose process is gone.
-fn remove_stale(tmp_root: &Path, key: &str) {
+/// The lock a build holds on its work directory (`<key>.<pid>` under the
+/// cache's `kernel/tmp`) for as long as it runs.
+const WORK_LOCK: &str = ".lock";
+
+/// Marks `work` as in use until the returned file is dropped, or the
+/// process ends however it ends.
+fn lock_work_dir(work: &Path) -> Result<std::fs::File> {
+    let path = work.join(WORK_LOCK);
+    let file = std::fs::File::create(&path).map_err(Error::io("kernel cache", &path))?;
+    file.lock().map_err(Error::io("kernel cache", &path))?;
+    Ok(file)
+}
+
+/// Removes the work directories of earlier builds that are gone: killed or
+/// crashed, with these inputs or any others (a kernel tree is ~1.5 GB). A
+/// directory whose lock is held belongs to a running build, possibly in
+/// another container sharing the cache, and is left alone; one without a
+/// lock file is judged by the pid in its name.
+fn remove_stale(tmp_root: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp_root) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix(key).and_then(|r| r.strip_prefix('.'))
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = std::fs::remove_dir_all(e.path());
+        let dir = e.path();
+        let stale = match std::fs::File::open(dir.join(WORK_LOCK)) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.rsplit_once('.')
+                    .is_some_and(|(_, pid)| !Path::new("/proc").join(pid).exists())
+            }
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
@@ -339,6 +363,31 @@ pub fn make_env(epoch: i64, tree_seen: &Path) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_work_dirs_go_and_running_builds_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |name: &str| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir_all(d.join("linux")).unwrap();
+            d
+        };
+        // A build that is still running, with other inputs.
+        let running = dir("aaaa.1");
+        let _held = lock_work_dir(&running).unwrap();
+        // A build killed with its lock file left behind.
+        let killed = dir("bbbb.2");
+        drop(lock_work_dir(&killed).unwrap());
+        // Left by an older builder without a lock, by a process now gone;
+        // and one whose pid (this process) still lives.
+        let old_gone = dir(&format!("cccc.{}", u32::MAX));
+        let old_alive = dir(&format!("dddd.{}", std::process::id()));
+        remove_stale(tmp.path());
+        assert!(running.join("linux").is_dir());
+        assert!(!killed.exists());
+        assert!(!old_gone.exists());
+        assert!(old_alive.join("linux").is_dir());
+    }
 
     fn inputs(dir: &Path) -> KernelInputs {
         let frags = dir.join("kernel");
