@@ -522,8 +522,12 @@ fn the_kernel_holds_only_what_it_needs() {
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
 
-/// `Cpus_allowed_list` of every thread of `pid`.
-fn thread_cpu_lists(pid: i32) -> Vec<String> {
+/// The kernel's thread that starts stub processes ahead (kernel patch
+/// 0007): it works beside the pinned CPU, not on it.
+const STUB_POOL_THREAD: &str = "uml-stub-pool";
+
+/// `(Name, Cpus_allowed_list)` of every thread of `pid`.
+fn thread_cpus(pid: i32) -> Vec<(String, String)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -531,17 +535,26 @@ fn thread_cpu_lists(pid: i32) -> Vec<String> {
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
         .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|v| v.trim().to_owned())
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            Some((field("Name:")?, field("Cpus_allowed_list:")?))
         })
         .collect()
 }
 
+/// `Cpus_allowed_list` of every thread of `pid`.
+fn thread_cpu_lists(pid: i32) -> Vec<String> {
+    thread_cpus(pid).into_iter().map(|(_, cpus)| cpus).collect()
+}
+
 /// A one-CPU guest runs on one host CPU: the kernel's threads and every
 /// guest process (they hand the CPU to each other on each syscall), the
-/// launcher's own CPU. `USMOL_PIN=off` leaves them the caller's CPUs.
+/// launcher's own CPU. `USMOL_PIN=off` leaves them the caller's CPUs. The
+/// kernel's stub-starting thread runs off the pinned CPU when it may.
 #[test]
 fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
     if !slow_tests_enabled("a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to") {
@@ -560,7 +573,17 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
         let ready = running.wait_line("ready", PLAIN_BOOT);
         let pids = env.processes();
         let processes = pids.len();
-        let mut lists: Vec<String> = pids.into_iter().flat_map(thread_cpu_lists).collect();
+        let threads: Vec<(String, String)> = pids.into_iter().flat_map(thread_cpus).collect();
+        let pool: Vec<&String> = threads
+            .iter()
+            .filter(|(name, _)| name == STUB_POOL_THREAD)
+            .map(|(_, cpus)| cpus)
+            .collect();
+        let mut lists: Vec<String> = threads
+            .iter()
+            .filter(|(name, _)| name != STUB_POOL_THREAD)
+            .map(|(_, cpus)| cpus.clone())
+            .collect();
         // SAFETY: kill(2) on our child: SIGTERM shuts the guest down.
         unsafe { libc::kill(running.pid(), libc::SIGTERM) };
         let (code, _, out, err) = running.finish(Duration::from_secs(60));
@@ -568,6 +591,15 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
         assert_eq!(code, Some(143), "{out}\n{err}");
         // The kernel, its helper threads, the guest's sh and sleep at least.
         assert!(processes >= 3, "USMOL_PIN={pin}: {processes} processes");
+        assert_eq!(
+            pool.len(),
+            1,
+            "USMOL_PIN={pin}: the stub pool thread: {threads:?}"
+        );
+        assert_eq!(
+            pool[0], &ours,
+            "USMOL_PIN={pin}: the stub pool thread may use the caller's CPUs"
+        );
         lists.sort();
         lists.dedup();
         match pin {
