@@ -546,11 +546,6 @@ fn thread_cpus(pid: i32) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `Cpus_allowed_list` of every thread of `pid`.
-fn thread_cpu_lists(pid: i32) -> Vec<String> {
-    thread_cpus(pid).into_iter().map(|(_, cpus)| cpus).collect()
-}
-
 /// A one-CPU guest runs on one host CPU: the kernel's threads and every
 /// guest process (they hand the CPU to each other on each syscall), the
 /// launcher's own CPU. `USMOL_PIN=off` leaves them the caller's CPUs. The
@@ -561,7 +556,7 @@ fn a_one_cpu_guest_is_pinned_to_one_host_cpu_unless_told_not_to() {
         return;
     }
     let env = Env::new();
-    let ours = thread_cpu_lists(std::process::id() as i32)
+    let (_, ours) = thread_cpus(std::process::id() as i32)
         .into_iter()
         .next()
         .unwrap();

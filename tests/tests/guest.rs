@@ -6,13 +6,14 @@
 //! slack.
 
 mod common;
+mod harness;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{run, tool_image};
+use harness::{Running, children, comm, state};
 use usmol_tests::{clock_probe_binary, prefault_probe_binary, slow_tests_enabled, usmol_out};
 
 /// Runs `sh -c script` in a guest booted from `out/usmol`; returns stdout.
@@ -224,7 +225,7 @@ echo \"shell $(cat /proc/self/timerslack_ns)\"";
 }
 
 /// A host process that runs a guest address space: a child of the kernel
-/// process, which is a child of the launcher.
+/// process.
 #[derive(Debug)]
 struct Stub {
     pid: i32,
@@ -234,37 +235,42 @@ struct Stub {
     ready: bool,
 }
 
-/// `(state, ppid, comm)` of a host process, if it still exists.
-fn proc_stat(pid: i32) -> Option<(char, i32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_owned();
-    let mut fields = tail.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid, comm))
-}
-
-fn stubs_below(launcher: i32) -> Vec<Stub> {
-    let all: Vec<(i32, char, i32, String)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| proc_stat(pid).map(|(state, ppid, comm)| (pid, state, ppid, comm)))
-        .collect();
-    let kernels: Vec<i32> = all
-        .iter()
-        .filter(|p| p.2 == launcher)
-        .map(|p| p.0)
-        .collect();
-    all.iter()
-        .filter(|p| p.3 == "uml-userspace" && kernels.contains(&p.2))
-        .map(|p| Stub {
-            pid: p.0,
-            zombie: p.1 == 'Z',
-            ready: std::fs::read_to_string(format!("/proc/{}/maps", p.0))
+fn stubs_of(kernel: i32) -> Vec<Stub> {
+    children(kernel)
+        .into_iter()
+        .filter(|&pid| comm(pid).as_deref() == Some("uml-userspace"))
+        .map(|pid| Stub {
+            pid,
+            zombie: state(pid) == Some('Z'),
+            ready: std::fs::read_to_string(format!("/proc/{pid}/maps"))
                 .is_ok_and(|maps| maps.contains("memfd:uml-userspace")),
         })
         .collect()
+}
+
+/// Starts `sh -c script` in a guest without dockerd, with `env` added and
+/// a pipe to its stdin.
+fn guest_waiting_for_us(script: &str, env: &[(&str, &str)]) -> Running {
+    Running::spawn_with_stdin(
+        Command::new(usmol_out().join("usmol/run"))
+            .args(["sh", "-c", script])
+            .env("USMOL_DOCKER", "0")
+            .envs(env.iter().copied()),
+    )
+}
+
+/// The next stdout line of a guest, within a minute.
+fn next_line(running: &Running) -> String {
+    running
+        .lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the guest stopped talking")
+}
+
+/// Writes a line to a guest's stdin.
+fn tell(running: &mut Running, line: &str) {
+    let stdin = running.child.stdin.as_mut().unwrap();
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
 /// Kernel patch 0007: a new guest address space takes a stub process the
@@ -282,42 +288,13 @@ fn stubs_held_ready_may_die_and_the_guest_goes_on() {
 spaces; read go
 for i in $(seq 50); do /bin/true || echo \"true failed\"; done; echo ran
 spaces; read done";
-    let mut child = Command::new(usmol_out().join("usmol/run"))
-        .args(["sh", "-c", script])
-        .env("USMOL_DOCKER", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the launcher");
-    let launcher = child.id() as i32;
-    let mut stdin = child.stdin.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let mut next_line = |child: &mut std::process::Child| -> String {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => {
-                seen.push(line.clone());
-                line
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the guest stopped talking; it printed {seen:?}");
-            }
-        }
-    };
+    let mut running = guest_waiting_for_us(script, &[]);
     // The pool refills and the SIGCHLD handler reaps after the fact: wait
     // for both to settle, then check the count.
-    let at_rest = |spaces: usize| -> Vec<Stub> {
+    let at_rest = |kernel: i32, spaces: usize| -> Vec<Stub> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let stubs = stubs_below(launcher);
+            let stubs = stubs_of(kernel);
             let ready = stubs.iter().filter(|s| s.ready).count();
             let zombies = stubs.iter().filter(|s| s.zombie).count();
             if (ready == READY && zombies == 0 && stubs.len() == spaces + READY)
@@ -334,8 +311,9 @@ spaces; read done";
             .unwrap_or_else(|| panic!("expected `spaces N`, got {line:?}"))
     };
 
-    let before = spaces(next_line(&mut child));
-    let stubs = at_rest(before);
+    let before = spaces(next_line(&running));
+    let kernel = running.kernel_pid().expect("the kernel process");
+    let stubs = at_rest(kernel, before);
     let ready: Vec<i32> = stubs.iter().filter(|s| s.ready).map(|s| s.pid).collect();
     assert_eq!(ready.len(), READY, "stubs held ready: {stubs:?}");
     assert_eq!(
@@ -356,7 +334,7 @@ spaces; read done";
     let deadline = Instant::now() + Duration::from_secs(10);
     while ready
         .iter()
-        .any(|pid| proc_stat(*pid).is_some_and(|(state, _, _)| state != 'Z'))
+        .any(|pid| state(*pid).is_some_and(|s| s != 'Z'))
     {
         assert!(
             Instant::now() < deadline,
@@ -365,10 +343,10 @@ spaces; read done";
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    stdin.write_all(b"go\n").unwrap();
-    assert_eq!(next_line(&mut child), "ran");
-    let after = spaces(next_line(&mut child));
-    let stubs = at_rest(after);
+    tell(&mut running, "go");
+    assert_eq!(next_line(&running), "ran");
+    let after = spaces(next_line(&running));
+    let stubs = at_rest(kernel, after);
     assert!(
         stubs.iter().all(|s| !ready.contains(&s.pid)),
         "killed stubs were not reaped: {stubs:?}"
@@ -381,19 +359,9 @@ spaces; read done";
         "{after} guest address spaces: {stubs:?}"
     );
 
-    stdin.write_all(b"done\n").unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}; the guest printed {seen:?}");
-}
-
-/// The kernel process below a launcher: its child named `linux`.
-fn kernel_below(launcher: i32) -> Option<i32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            proc_stat(*pid).is_some_and(|(_, ppid, comm)| ppid == launcher && comm == "linux")
-        })
+    tell(&mut running, "done");
+    let (code, _, out, err) = running.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{out}\n{err}");
 }
 
 /// Kernel patch 0008: with interrupts off, an SMP kernel blocks the IPI
@@ -408,19 +376,9 @@ fn a_one_cpu_kernel_leaves_the_host_signal_mask_alone() {
     }
     let ipi_bit = 1u64 << (libc::SIGRTMIN() - 1);
     for cpus in ["1", "2"] {
-        let mut child = Command::new(usmol_out().join("usmol/run"))
-            .args(["sh", "-c", "echo up; read done"])
-            .env("USMOL_DOCKER", "0")
-            .env("USMOL_CPUS", cpus)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the launcher");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "up", "USMOL_CPUS={cpus}");
-        let kernel = kernel_below(child.id() as i32).expect("the kernel process");
+        let mut running = guest_waiting_for_us("echo up; read done", &[("USMOL_CPUS", cpus)]);
+        assert_eq!(next_line(&running), "up", "USMOL_CPUS={cpus}");
+        let kernel = running.kernel_pid().expect("the kernel process");
         // The boot CPU runs on the kernel's main thread; the guest idles
         // in `read`, so most samples catch it in the idle loop.
         let samples: Vec<u64> = (0..50)
@@ -431,8 +389,9 @@ fn a_one_cpu_kernel_leaves_the_host_signal_mask_alone() {
                 u64::from_str_radix(mask.trim(), 16).ok()
             })
             .collect();
-        child.stdin.take().unwrap().write_all(b"done\n").unwrap();
-        assert!(child.wait().unwrap().success(), "USMOL_CPUS={cpus}");
+        tell(&mut running, "done");
+        let (code, _, out, err) = running.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "USMOL_CPUS={cpus}: {out}\n{err}");
         assert_eq!(samples.len(), 50, "USMOL_CPUS={cpus}: SigBlk of {kernel}");
         let blocked = samples.iter().filter(|m| *m & ipi_bit != 0).count();
         if cpus == "1" {

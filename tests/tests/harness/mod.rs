@@ -172,9 +172,19 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(cmd: &mut Command) -> Running {
+        Running::start(cmd, Stdio::null())
+    }
+
+    /// [`Running::spawn`] with a pipe to the launcher's stdin in
+    /// `child.stdin`, for a guest command that waits for the test.
+    pub fn spawn_with_stdin(cmd: &mut Command) -> Running {
+        Running::start(cmd, Stdio::piped())
+    }
+
+    fn start(cmd: &mut Command, stdin: Stdio) -> Running {
         let mut child = cmd
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -275,10 +285,13 @@ fn all_pids() -> Vec<i32> {
 
 /// Exists and is not a zombie.
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s[s.rfind(')')? + 2..].chars().next()? != 'Z'))
-        .unwrap_or(false)
+    state(pid).is_some_and(|s| s != 'Z')
+}
+
+/// The state letter of /proc/PID/stat (`R`, `S`, `Z`...), if it exists.
+pub fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
 }
 
 pub fn children(pid: i32) -> Vec<i32> {
